@@ -1,0 +1,165 @@
+"""The tamper-evident audit trail: one hash chain per study.
+
+Services collect their audit records while they work (``AuditLog.record``) and
+seal them into the chain as the *last* step of their transaction
+(``AuditLog.seal``): lock the study's chain head, hash the records onto it,
+insert them, move the head, commit. The head's row lock is therefore held only
+for those few statements and the commit, not for the whole service, and studies
+never wait for each other. Each row's hash covers its content and the previous
+row's hash; ``verify`` recomputes the chain and names the first row that was
+altered, removed or inserted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any, Iterator
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from core.clock import utcnow
+from core.models import AuditEvent, AuditHead
+
+GENESIS = "0" * 64
+
+
+def jsonable(value: Any) -> Any:
+    """Turn values into what JSON stores and gives back unchanged (for hashing)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [jsonable(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds")
+
+
+def row_hash(
+    *, study_id: int, seq: int, at: datetime, actor: str, action: str, entity_type: str,
+    entity_id: str | None, reason: str | None, old: Any, new: Any, prev_hash: str,
+) -> str:
+    payload = json.dumps(
+        [study_id, seq, _iso(at), actor, action, entity_type, entity_id, reason,
+         old, new, prev_hash],
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class AuditLog:
+    """Audit records of one transaction, waiting to be sealed into the chain."""
+
+    study_id: int
+    actor: str
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, action: str, entity_type: str, entity_id: Any = None, *,
+               old: dict | None = None, new: dict | None = None,
+               reason: str | None = None) -> None:
+        self.pending.append({
+            "action": action, "entity_type": entity_type,
+            "entity_id": None if entity_id is None else str(entity_id),
+            "old": jsonable(old), "new": jsonable(new), "reason": reason,
+        })
+
+    def seal(self, session: Session) -> int | None:
+        """Chain the pending records; returns the sequence number of the first.
+
+        Call it last in the transaction: it takes the study's chain lock.
+        """
+        if not self.pending:
+            return None
+        head = _lock_head(session, self.study_id)
+        seq, prev = head
+        first = seq + 1
+        at = utcnow()
+        rows = []
+        for record in self.pending:
+            seq += 1
+            digest = row_hash(study_id=self.study_id, seq=seq, at=at, actor=self.actor,
+                              prev_hash=prev, **record)
+            rows.append({**record, "study_id": self.study_id, "seq": seq, "at": at,
+                         "actor": self.actor, "prev_hash": prev, "hash": digest})
+            prev = digest
+        session.execute(insert(AuditEvent), rows)
+        session.execute(
+            update(AuditHead).where(AuditHead.study_id == self.study_id)
+            .values(seq=seq, hash=prev)
+        )
+        self.pending.clear()
+        return first
+
+
+def _lock_head(session: Session, study_id: int) -> tuple[int, str]:
+    row = session.execute(
+        select(AuditHead.seq, AuditHead.hash)
+        .where(AuditHead.study_id == study_id).with_for_update()
+    ).first()
+    if row is None:
+        # The study was created in this very transaction; nobody else can see it.
+        session.add(AuditHead(study_id=study_id, seq=0, hash=GENESIS))
+        session.flush()
+        return 0, GENESIS
+    return row.seq, row.hash
+
+
+@dataclass
+class ChainBreak:
+    study_id: int
+    seq: int
+    audit_id: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"audit row id {self.audit_id}" if self.audit_id is not None else "chain head"
+        return f"study {self.study_id}: {where} (seq {self.seq}): {self.problem}"
+
+
+def verify(session: Session, study_id: int) -> ChainBreak | None:
+    """Recompute one study's chain; the first break, or None when it is intact."""
+    expected_seq, prev = 0, GENESIS
+    rows: Iterator[AuditEvent] = session.scalars(
+        select(AuditEvent).where(AuditEvent.study_id == study_id)
+        .order_by(AuditEvent.seq).execution_options(yield_per=1000)
+    )
+    for row in rows:
+        expected_seq += 1
+        if row.seq != expected_seq:
+            problem = (f"sequence jumps from {expected_seq - 1} to {row.seq}: "
+                       "rows were removed" if row.seq > expected_seq else "duplicate sequence")
+            return ChainBreak(study_id, row.seq, row.id, problem)
+        if row.prev_hash != prev:
+            return ChainBreak(study_id, row.seq, row.id,
+                              "does not link to the previous row (inserted or reordered)")
+        digest = row_hash(study_id=row.study_id, seq=row.seq, at=row.at, actor=row.actor,
+                          action=row.action, entity_type=row.entity_type,
+                          entity_id=row.entity_id, reason=row.reason, old=row.old,
+                          new=row.new, prev_hash=row.prev_hash)
+        if digest != row.hash:
+            return ChainBreak(study_id, row.seq, row.id, "content altered (hash mismatch)")
+        prev = row.hash
+    head = session.get(AuditHead, study_id)
+    if head is not None and (head.seq != expected_seq or head.hash != prev):
+        return ChainBreak(study_id, head.seq, None,
+                          f"chain head says seq {head.seq} but the rows end at {expected_seq}: "
+                          "rows were removed from the end")
+    return None

@@ -1,0 +1,1 @@
+"""Twilio webhooks (filled by the voice issue)."""
