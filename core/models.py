@@ -263,6 +263,7 @@ class ListEntry(Base):
     __table_args__ = (
         UniqueConstraint("event_id", "stratum_key", "position"),
         UniqueConstraint("event_id", "randomization_number"),
+        UniqueConstraint("event_id", "subject_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -275,7 +276,7 @@ class ListEntry(Base):
     arm_id: Mapped[int] = mapped_column(ForeignKey("arms.id"))
     block: Mapped[str | None] = mapped_column(String(40))
     cohort: Mapped[str | None] = mapped_column(String(40))
-    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id"), unique=True)
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id"))
     used_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
@@ -320,7 +321,6 @@ class Randomization(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     randomized_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
     randomized_by: Mapped[str | None] = mapped_column(String(40))
-    confirmation: Mapped[str | None] = mapped_column(String(20))
 
     subject: Mapped[Subject] = relationship()
     arm: Mapped[Arm] = relationship()

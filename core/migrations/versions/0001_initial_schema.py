@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 15:17:23.307163
+Create Date: 2026-11-23
 """
 from alembic import op
 import sqlalchemy as sa
@@ -140,7 +140,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('study_id', 'user_code', name=op.f('uq_users_study_id_user_code'))
     )
     with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_users_study_id'), ['study_id', 'phone'], unique=False)
+        batch_op.create_index(batch_op.f('ix_users_study_id'), ['study_id'], unique=False)
 
     op.create_table('cap_counters',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -300,7 +300,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_list_entries')),
     sa.UniqueConstraint('event_id', 'randomization_number', name=op.f('uq_list_entries_event_id_randomization_number')),
     sa.UniqueConstraint('event_id', 'stratum_key', 'position', name=op.f('uq_list_entries_event_id_stratum_key_position')),
-    sa.UniqueConstraint('subject_id', name=op.f('uq_list_entries_subject_id'))
+    sa.UniqueConstraint('event_id', 'subject_id', name=op.f('uq_list_entries_event_id_subject_id'))
     )
     with op.batch_alter_table('list_entries', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_list_entries_list_id'), ['list_id'], unique=False)
@@ -320,7 +320,6 @@ def upgrade() -> None:
     sa.Column('details', sa.JSON(), nullable=False),
     sa.Column('randomized_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('randomized_by', sa.String(length=40), nullable=True),
-    sa.Column('confirmation', sa.String(length=20), nullable=True),
     sa.ForeignKeyConstraint(['arm_id'], ['arms.id'], name=op.f('fk_randomizations_arm_id_arms')),
     sa.ForeignKeyConstraint(['event_id'], ['randomization_events.id'], name=op.f('fk_randomizations_event_id_randomization_events')),
     sa.ForeignKeyConstraint(['study_id'], ['studies.id'], name=op.f('fk_randomizations_study_id_studies')),

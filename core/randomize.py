@@ -1,0 +1,245 @@
+"""The randomize service, and the mid-study ratio change.
+
+Lock order inside a randomization (the same everywhere, so none can deadlock):
+subject row -> cap counters (sorted) -> the stratum's counter -> the event
+counter -> the study's audit chain head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.actors import Actor
+from core.db import Database
+from core.errors import IvrsError, Refused
+from core.models import Arm, CapCounter, Randomization, RandomizationEvent, Study
+from core.randomization import METHODS, AssignmentContext, ListExhausted
+from core.randomization.list_method import mark_used_by_id
+from core.randomization.strata import cap_matches, stratum_key
+from core.service import service_call
+from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, _history, lock_subject
+
+
+@dataclass(frozen=True)
+class RandomizationResult:
+    """The arm is here because the core is not blind; dialogs decide who hears it."""
+
+    subject_number: str
+    event: str
+    randomization_number: str
+    arm: str
+    confirmation: str | None
+    stratum: str = ""
+
+
+@dataclass
+class Refusal:
+    """A refusal that is itself recorded (an eligibility "no")."""
+
+    code: str
+    message: str
+    params: dict = field(default_factory=dict)
+
+
+def randomize(db: Database, *, subject_number: str, actor: Actor,
+              eligibility: dict[str, bool], factors: dict[str, str],
+              study: str | None = None, event: str | None = None, cohort: str | None = None,
+              idempotency_key: str | None = None) -> RandomizationResult:
+    """Eligibility answers and factor levels in; randomization number and arm out.
+
+    A "no" to any eligibility question stops it: the refusal is committed to the
+    audit trail (the protocol wants it on record) and then raised.
+    """
+    actor.require(ENROLLING_ROLES, "randomize")
+    with service_call(db, study, "randomize", idempotency_key, actor) as call:
+        session, study_row = call.session, call.study
+        subject = lock_subject(session, study_row, subject_number)
+        replay = call.replayed()
+        if replay is None:
+            actor.require_site(subject.site.code)
+            event_row = _event_for(session, study_row, subject, event)
+            answers = _check_answers(study_row, eligibility)
+            if not all(answers.values()):
+                call.audit.record("randomization_refused", "subject", subject_number,
+                                  new={"event": event_row.code, "eligibility": answers},
+                                  reason="not eligible")
+                replay = call.finish({"refused": "not_eligible",
+                                      "failed": [q for q, ok in answers.items() if not ok]})
+            else:
+                replay = _randomize(call, subject, event_row, answers, factors, cohort)
+    if "refused" in replay:
+        raise Refused(f"subject {subject_number} is not eligible: "
+                      f"{', '.join(replay['failed'])} answered no",
+                      code=replay["refused"], failed=replay["failed"])
+    return RandomizationResult(**replay)
+
+
+def _randomize(call, subject, event_row: RandomizationEvent, answers: dict[str, bool],
+               factors: dict[str, str], cohort: str | None) -> dict:
+    session = call.session
+    levels = _check_levels(event_row, factors)
+    cohort = cohort or event_row.params.get("current_cohort")
+    attributes = {**levels, "site": subject.site.code, **({"cohort": cohort} if cohort else {})}
+    key = stratum_key([f.code for f in event_row.factors], levels,
+                      site=subject.site.code if event_row.stratify_by_site else None,
+                      cohort=cohort)
+    _take_caps(session, event_row, attributes)
+    arms = {arm.code: arm for arm in session.execute(
+        select(Arm).where(Arm.study_id == call.study.id).order_by(Arm.position)).scalars()}
+    ctx = AssignmentContext(session=session, event=event_row, arms=arms, stratum_key=key,
+                            attributes=attributes)
+    try:
+        assignment = METHODS[event_row.method].assign(ctx)
+    except ListExhausted:
+        raise Refused("the randomization list for this stratum is exhausted",
+                      code="list_exhausted") from None
+    if assignment.list_entry_id is not None:
+        mark_used_by_id(session, assignment.list_entry_id, subject.id)
+    session.add(Randomization(
+        study_id=call.study.id, event_id=event_row.id, subject_id=subject.id,
+        randomization_number=assignment.randomization_number, arm_id=assignment.arm.id,
+        stratum_key=key, factors=levels, eligibility=answers, method=event_row.method,
+        details=assignment.details, randomized_by=call.actor.label,
+    ))
+    if subject.status == SCREENED:
+        subject.status = RANDOMIZED
+        _history(call, subject, SCREENED, RANDOMIZED, f"randomized ({event_row.code})")
+    # "arm" and "allocation" are unblinded keys: blinded views of the audit
+    # trail redact them (core.audit.UNBLINDED_KEYS).
+    call.audit.record("subject_randomized", "subject", subject.subject_number, new={
+        "event": event_row.code, "randomization_number": assignment.randomization_number,
+        "stratum": key, "factors": levels, "eligibility": answers,
+        "arm": assignment.arm.code, "allocation": assignment.details,
+    })
+    return call.finish({"subject_number": subject.subject_number, "event": event_row.code,
+                        "randomization_number": assignment.randomization_number,
+                        "arm": assignment.arm.code, "stratum": key})
+
+
+def _event_for(session: Session, study: Study, subject, code: str | None) -> RandomizationEvent:
+    """The named event, or the subject's next one (re-randomization goes in order)."""
+    events = list(session.execute(
+        select(RandomizationEvent).where(RandomizationEvent.study_id == study.id)
+        .order_by(RandomizationEvent.position)).scalars())
+    events = [e for e in events if e.method != "none"]
+    if not events:
+        raise Refused("this study does not randomize", code="no_randomization")
+    done = set(session.execute(
+        select(Randomization.event_id).where(Randomization.subject_id == subject.id)).scalars())
+    if code is not None:
+        chosen = next((e for e in events if e.code == code), None)
+        if chosen is None:
+            raise IvrsError(f"no randomization event {code}", code="unknown_event")
+    else:
+        chosen = next((e for e in events if e.id not in done), None)
+        if chosen is None:
+            raise Refused(f"subject {subject.subject_number} is already randomized",
+                          code="already_randomized")
+    if chosen.id in done:
+        raise Refused(f"subject {subject.subject_number} is already randomized ({chosen.code})",
+                      code="already_randomized")
+    earlier = [e for e in events if e.position < chosen.position and e.id not in done]
+    if earlier:
+        raise Refused(f"subject {subject.subject_number} must first be randomized "
+                      f"({earlier[0].code})", code="previous_event_missing")
+    expected = SCREENED if chosen.position == events[0].position else RANDOMIZED
+    if subject.status != expected:
+        raise Refused(f"subject {subject.subject_number} is {subject.status}",
+                      code=f"subject_{subject.status}")
+    return chosen
+
+
+def _check_answers(study: Study, eligibility: dict[str, bool]) -> dict[str, bool]:
+    missing = [q for q in study.eligibility if q not in eligibility]
+    if missing:
+        raise IvrsError(f"eligibility not answered: {', '.join(missing)}",
+                        code="eligibility_missing")
+    return {q: bool(eligibility[q]) for q in study.eligibility}
+
+
+def _check_levels(event: RandomizationEvent, factors: dict[str, str]) -> dict[str, str]:
+    levels = {}
+    for factor in event.factors:
+        level = factors.get(factor.code)
+        allowed = [lv.code for lv in factor.levels]
+        if level not in allowed:
+            raise IvrsError(f"{factor.code} must be one of {', '.join(allowed)}",
+                            code="bad_level", factor=factor.code)
+        levels[factor.code] = level
+    return levels
+
+
+def _take_caps(session: Session, event: RandomizationEvent, attributes: dict[str, str]) -> None:
+    caps = session.execute(
+        select(CapCounter).where(CapCounter.event_id == event.id)
+        .order_by(CapCounter.cap_key)).scalars().all()
+    for cap in caps:
+        if not cap_matches(cap.cap_key, attributes):
+            continue
+        taken = session.execute(
+            update(CapCounter).where(CapCounter.id == cap.id, CapCounter.count < CapCounter.cap)
+            .values(count=CapCounter.count + 1).returning(CapCounter.id)
+        ).scalar()
+        if taken is None:
+            raise Refused(f"the enrollment cap {cap.cap_key} is reached", code="cap_reached",
+                          cap=cap.cap_key)
+
+
+@dataclass(frozen=True)
+class RatioChange:
+    event: str
+    old: dict
+    new: dict
+    confirmation: str | None
+
+
+def change_ratio(db: Database, *, ratio: dict[str, int], actor: Actor, reason: str,
+                 study: str | None = None, event: str | None = None,
+                 idempotency_key: str | None = None) -> RatioChange:
+    """A protocol amendment: new assignments follow the new ratio (audited).
+
+    Block lists switch at the next block of each stratum; minimization and
+    simple at the next subject. An uploaded list *is* its ratio: import a new one.
+    """
+    actor.require(frozenset(), "change the allocation ratio")
+    if not (reason or "").strip():
+        raise Refused("a reason (the protocol amendment) is required", code="reason_required")
+    with service_call(db, study, "change_ratio", idempotency_key, actor) as call:
+        events = list(call.session.execute(
+            select(RandomizationEvent).where(RandomizationEvent.study_id == call.study.id)
+            .order_by(RandomizationEvent.position).with_for_update()).scalars())
+        if (replay := call.replayed()) is not None:
+            return RatioChange(**replay)
+        row = next((e for e in events if event in (None, e.code)), None)
+        if row is None:
+            raise IvrsError(f"no randomization event {event}", code="unknown_event")
+        validate_ratio(call.session, call.study, row, ratio)
+        old = dict(row.ratio)
+        row.ratio = {code: int(n) for code, n in ratio.items()}
+        call.audit.record("ratio_changed", "randomization_event", row.code,
+                          old={"ratio": old}, new={"ratio": row.ratio}, reason=reason)
+        return RatioChange(**call.finish({"event": row.code, "old": old, "new": row.ratio}))
+
+
+def validate_ratio(session: Session, study: Study, event: RandomizationEvent,
+                   ratio: dict[str, int]) -> None:
+    if event.method in ("list", "none"):
+        raise Refused(f"event {event.code} uses method {event.method}: the ratio is the list's",
+                      code="ratio_not_applicable")
+    arm_codes = set(session.execute(select(Arm.code).where(Arm.study_id == study.id)).scalars())
+    unknown = set(ratio) - arm_codes
+    if unknown or not ratio:
+        raise IvrsError(f"unknown arm(s) {', '.join(sorted(unknown))} "
+                        f"(arms: {', '.join(sorted(arm_codes))})", code="bad_ratio")
+    if any(not isinstance(n, int) or n < 0 for n in ratio.values()) or sum(ratio.values()) == 0:
+        raise IvrsError("ratio weights are whole numbers >= 0, at least one positive",
+                        code="bad_ratio")
+    if event.method == "block":
+        total = sum(ratio.values())
+        sizes = (event.params.get("block") or {}).get("sizes") or [4]
+        if any(size % total for size in sizes):
+            raise IvrsError(f"block sizes {sizes} are not multiples of {total}",
+                            code="bad_ratio")
