@@ -1,2 +1,256 @@
-def main():
-    pass
+"""The ``ivrs`` command (click). Each command is a thin shell over a core service."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+import sys
+
+import click
+
+from core.actors import ADMIN
+from core.db import Database, database_url
+from core.errors import FileErrors, IvrsError
+
+
+def _database() -> Database:
+    return Database(database_url())
+
+
+def handles_errors(command):
+    """Turn the core's refusals into one clear message and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FileErrors as errors:
+            for error in errors.errors:
+                click.echo(f"error: {error}", err=True)
+            click.echo(f"{len(errors.errors)} error(s); nothing was changed.", err=True)
+            sys.exit(1)
+        except IvrsError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+study_option = click.option("--study", "study", default=None, metavar="CODE",
+                            help="Study code; needed only when several studies are loaded.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ivrs")
+def main() -> None:
+    """ivrs: randomization and trial supply over the telephone and SMS.
+
+    Configuration is by environment: DATABASE_URL (default: a SQLite file
+    ivrs.sqlite3 here), IVRS_PIN_PEPPER, IVRS_ENV, IVRS_TODAY; see README.md.
+    """
+
+
+@main.command()
+@handles_errors
+def init() -> None:
+    """Create or migrate the database at DATABASE_URL."""
+    from core.migrate import current_revision, upgrade
+
+    db = _database()
+    upgrade(db.engine)
+    click.echo(f"database ready at revision {current_revision(db.engine)} "
+               f"({db.engine.url.render_as_string(hide_password=True)})")
+
+
+@main.group()
+def study() -> None:
+    """Study definitions."""
+
+
+@study.command("load")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@handles_errors
+def study_load(path: str) -> None:
+    """Load or update a study definition (validated, atomic, audited)."""
+    from core.migrate import upgrade
+    from core.study_loader import load_study
+
+    db = _database()
+    upgrade(db.engine)
+    result = load_study(db, path)
+    verb = "created" if result.created else "updated"
+    click.echo(f"study {result.study_code} {verb}")
+    for change in result.changes:
+        click.echo(f"  {change}")
+    if not result.created and not result.changes:
+        click.echo("  no changes")
+
+
+@main.group()
+def mrl() -> None:
+    """Master randomization lists."""
+
+
+@mrl.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@study_option
+@click.option("--event", default=None, help="Randomization event code (default: the first list event).")
+@handles_errors
+def mrl_import(path: str, study: str | None, event: str | None) -> None:
+    """Import a master randomization list (all or nothing)."""
+    from core.mrl import import_mrl
+
+    result = import_mrl(_database(), path, study_code=study, event_code=event)
+    click.echo(f"imported {result.rows} entries in {result.strata} strata")
+
+
+@main.group()
+def users() -> None:
+    """User administration (a PIN set here is temporary: changed at the next call)."""
+
+
+@users.command("add")
+@click.argument("user_id")
+@click.option("--name", required=True)
+@click.option("--role", required=True)
+@click.option("--site", "sites", multiple=True, help="Site code (repeatable).")
+@click.option("--phone", default=None)
+@click.option("--language", default="en")
+@click.option("--pin", required=True, help="Temporary PIN, 4-8 digits.")
+@study_option
+@handles_errors
+def users_add(user_id, name, role, sites, phone, language, pin, study) -> None:
+    from core.users import add_user
+
+    add_user(_database(), user_code=user_id, name=name, role=role, sites=list(sites),
+             phone=phone, language=language, pin=pin, actor=ADMIN, study=study)
+    click.echo(f"user {user_id} added; the PIN must be changed at the first call")
+
+
+@users.command("lock")
+@click.argument("user_id")
+@click.option("--reason", default="locked by administrator")
+@study_option
+@handles_errors
+def users_lock(user_id, reason, study) -> None:
+    from core.users import set_locked
+
+    set_locked(_database(), user_code=user_id, locked=True, actor=ADMIN, reason=reason,
+               study=study)
+    click.echo(f"user {user_id} locked")
+
+
+@users.command("unlock")
+@click.argument("user_id")
+@click.option("--reason", default="unlocked by administrator")
+@study_option
+@handles_errors
+def users_unlock(user_id, reason, study) -> None:
+    from core.users import set_locked
+
+    set_locked(_database(), user_code=user_id, locked=False, actor=ADMIN, reason=reason,
+               study=study)
+    click.echo(f"user {user_id} unlocked")
+
+
+@users.command("reset-pin")
+@click.argument("user_id")
+@click.option("--pin", required=True, help="Temporary PIN, 4-8 digits.")
+@study_option
+@handles_errors
+def users_reset_pin(user_id, pin, study) -> None:
+    from core.users import reset_pin
+
+    reset_pin(_database(), user_code=user_id, pin=pin, actor=ADMIN, study=study)
+    click.echo(f"user {user_id}: PIN reset; it must be changed at the next call")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["csv"]), default="csv")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="File to write (default: standard output).")
+@click.option("--unblinded", is_flag=True, help="Include arms (unblinded role, PIN asked).")
+@click.option("--user", "user_code", default=None, help="Unblinded user ID (with --unblinded).")
+@study_option
+@handles_errors
+def report(name, fmt, out, unblinded, user_code, study) -> None:
+    """Print a report (SPEC §8): subjects, randomization."""
+    from core.reports import REPORTS
+    from core.studies import get_study
+
+    if name not in REPORTS:
+        raise IvrsError(f"unknown report {name} (reports: {', '.join(REPORTS)})")
+    db = _database()
+    if unblinded:
+        from core.users import authorize_unblinded
+
+        if not user_code:
+            raise IvrsError("--unblinded needs --user ID of an unblinded role")
+        pin = os.environ.get("IVRS_PIN") or click.prompt("PIN", hide_input=True)
+        authorize_unblinded(db, user_code=user_code, pin=pin, purpose=f"report {name}",
+                            study=study)
+    with db.sessions() as session:
+        study_row = get_study(session, study)
+        columns, rows = REPORTS[name](session, study_row, not unblinded)
+        stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout
+        try:
+            write_csv(stream, columns, rows)
+        finally:
+            if out:
+                stream.close()
+
+
+def write_csv(stream, columns, rows) -> None:
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit.command("verify")
+@study_option
+@handles_errors
+def audit_verify(study: str | None) -> None:
+    """Recompute every hash; exit 1 naming the first broken row."""
+    from sqlalchemy import func, select
+
+    from core.audit import verify
+    from core.models import AuditEvent, Study
+
+    db = _database()
+    broken = False
+    with db.sessions() as session:
+        query = select(Study).order_by(Study.code)
+        if study:
+            query = query.where(Study.code == study)
+        for study_row in session.execute(query).scalars():
+            problem = verify(session, study_row.id)
+            rows = session.execute(select(func.count()).where(
+                AuditEvent.study_id == study_row.id)).scalar_one()
+            if problem:
+                broken = True
+                click.echo(f"BROKEN {study_row.code}: {problem}")
+            else:
+                click.echo(f"ok {study_row.code}: {rows} audit rows, chain intact")
+    if broken:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
+              help="Where to create the demo database (default: ./ivrs-demo).")
+def demo(directory: str | None) -> None:
+    """Create a demo study in a SQLite file and run it through the core services."""
+    from ivrs.demo import run_demo
+
+    run_demo(directory or "ivrs-demo", echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,96 @@
+"""Reports as streams of rows (SPEC §8): nothing loads a whole table.
+
+Each report is a function ``(session, study, blinded) -> (columns, rows)`` where
+rows is an iterator of tuples fetched in batches. Blinded (the default) leaves
+out every column from which an arm could be derived; the unblinded columns are
+appended at the end, so the blinded report is a prefix of the unblinded one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from core.models import (
+    Arm, RandomizationEvent, Randomization, Site, Study, Subject,
+)
+
+Report = tuple[list[str], Iterator[tuple]]
+BATCH = 1000
+
+
+def _utc(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stream(session: Session, query) -> Iterable:
+    return session.execute(query.execution_options(yield_per=BATCH))
+
+
+def subjects(session: Session, study: Study, blinded: bool = True) -> Report:
+    """One row per subject; randomization columns from the first randomization event."""
+    columns = ["subject_number", "site", "status", "randomization_number", "randomized_at",
+               "screened_at"]
+    if not blinded:
+        columns.append("arm")
+    first_event = session.execute(
+        select(RandomizationEvent.id).where(RandomizationEvent.study_id == study.id)
+        .order_by(RandomizationEvent.position).limit(1)).scalar()
+    query = (
+        select(Subject.subject_number, Site.code, Subject.status,
+               Randomization.randomization_number, Randomization.randomized_at,
+               Subject.screened_at, Arm.code)
+        .join(Site, Site.id == Subject.site_id)
+        .outerjoin(Randomization, and_(Randomization.subject_id == Subject.id,
+                                       Randomization.event_id == first_event))
+        .outerjoin(Arm, Arm.id == Randomization.arm_id)
+        .where(Subject.study_id == study.id)
+        .order_by(Subject.subject_number)
+    )
+
+    def rows() -> Iterator[tuple]:
+        for number, site, status, rand_no, rand_at, screened_at, arm in _stream(session, query):
+            row = (number, site, status, rand_no or "", _utc(rand_at), _utc(screened_at))
+            yield row if blinded else row + (arm or "",)
+
+    return columns, rows()
+
+
+def randomization(session: Session, study: Study, blinded: bool = True) -> Report:
+    """One row per randomization (several per subject when re-randomized)."""
+    columns = ["randomization_number", "subject_number", "site", "event", "stratum",
+               "randomized_at", "randomized_by"]
+    if not blinded:
+        columns += ["arm", "method"]
+    query = (
+        select(Randomization.randomization_number, Subject.subject_number, Site.code,
+               RandomizationEvent.code, Randomization.stratum_key,
+               Randomization.randomized_at, Randomization.randomized_by, Arm.code,
+               Randomization.method)
+        .join(Subject, Subject.id == Randomization.subject_id)
+        .join(Site, Site.id == Subject.site_id)
+        .join(RandomizationEvent, RandomizationEvent.id == Randomization.event_id)
+        .join(Arm, Arm.id == Randomization.arm_id)
+        .where(Randomization.study_id == study.id)
+        .order_by(Randomization.randomized_at, Randomization.id)
+    )
+
+    def rows() -> Iterator[tuple]:
+        for number, subject, site, event, stratum, at, by, arm, method in _stream(session, query):
+            row = (number, subject, site, event, stratum, _utc(at), by or "")
+            yield row if blinded else row + (arm, method)
+
+    return columns, rows()
+
+
+REPORTS: dict[str, Callable[[Session, Study, bool], Report]] = {
+    "subjects": subjects,
+    "randomization": randomization,
+}

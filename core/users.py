@@ -1,0 +1,128 @@
+"""User administration (``ivrs users ...``) and the unblinded-access check.
+
+PINs never appear in an audit row: the trail says that a PIN was set or reset,
+by whom and when, nothing more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from core.actors import ROLES, UNBLINDED_ROLES, Actor
+from core.db import Database
+from core.errors import IvrsError, NotFound, Refused
+from core.models import Site, User
+from core.pins import check_pin, hash_pin, is_valid_pin
+from core.service import service_call
+
+MAX_FAILED_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class UserResult:
+    user_code: str
+    locked: bool
+    confirmation: str | None
+
+
+def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[str],
+             phone: str | None, language: str, pin: str, actor: Actor,
+             study: str | None = None) -> UserResult:
+    actor.require(frozenset(), "add users")
+    if not user_code.isdigit():
+        raise IvrsError("a user ID is digits only (it is typed on a keypad)", code="bad_user")
+    if role not in ROLES:
+        raise IvrsError(f"unknown role {role} (roles: {', '.join(sorted(ROLES))})",
+                        code="bad_role")
+    if not is_valid_pin(pin):
+        raise IvrsError("a PIN is 4 to 8 digits", code="bad_pin")
+    with service_call(db, study, "add_user", None, actor) as call:
+        if language not in call.study.languages:
+            raise IvrsError(f"language {language} is not one of the study's "
+                            f"({', '.join(call.study.languages)})", code="bad_language")
+        exists = call.session.execute(select(User.id).where(
+            User.study_id == call.study.id, User.user_code == user_code)).scalar()
+        if exists:
+            raise IvrsError(f"user {user_code} already exists", code="duplicate_user")
+        site_rows = call.session.execute(select(Site).where(
+            Site.study_id == call.study.id, Site.code.in_(sites))).scalars().all()
+        missing = set(sites) - {s.code for s in site_rows}
+        if missing:
+            raise IvrsError(f"unknown site(s) {', '.join(sorted(missing))}", code="unknown_site")
+        # A PIN given by an administrator is temporary: the user changes it at the next call.
+        user = User(study_id=call.study.id, user_code=user_code, name=name, role=role,
+                    phone=phone, language=language, pin_hash=hash_pin(pin), pin_temporary=True,
+                    sites=list(site_rows))
+        call.session.add(user)
+        call.audit.record("user_created", "user", user_code, new={
+            "name": name, "role": role, "sites": sorted(sites), "phone": phone,
+            "language": language, "pin": "set (temporary)"})
+        return UserResult(**call.finish({"user_code": user_code, "locked": False}))
+
+
+def set_locked(db: Database, *, user_code: str, locked: bool, actor: Actor, reason: str,
+               study: str | None = None) -> UserResult:
+    actor.require(frozenset(), "lock or unlock users")
+    with service_call(db, study, "lock" if locked else "unlock", None, actor) as call:
+        user = _lock_user(call.session, call.study.id, user_code)
+        old = {"locked": user.locked, "failed_attempts": user.failed_attempts}
+        user.locked, user.failed_attempts = locked, 0
+        call.audit.record("user_locked" if locked else "user_unlocked", "user", user_code,
+                          old=old, new={"locked": locked, "failed_attempts": 0}, reason=reason)
+        return UserResult(**call.finish({"user_code": user_code, "locked": locked}))
+
+
+def reset_pin(db: Database, *, user_code: str, pin: str, actor: Actor,
+              study: str | None = None) -> UserResult:
+    actor.require(frozenset(), "reset PINs")
+    if not is_valid_pin(pin):
+        raise IvrsError("a PIN is 4 to 8 digits", code="bad_pin")
+    with service_call(db, study, "reset_pin", None, actor) as call:
+        user = _lock_user(call.session, call.study.id, user_code)
+        user.pin_hash, user.pin_temporary = hash_pin(pin), True
+        user.failed_attempts, user.locked = 0, False
+        call.audit.record("pin_reset", "user", user_code,
+                          new={"pin": "reset (temporary)", "locked": False})
+        return UserResult(**call.finish({"user_code": user_code, "locked": False}))
+
+
+def authorize_unblinded(db: Database, *, user_code: str, pin: str, purpose: str,
+                        study: str | None = None) -> Actor:
+    """Check an unblinded role's PIN before an unblinded view, and audit the view.
+
+    A wrong PIN counts toward the lockout like a wrong PIN on the phone.
+    """
+    with service_call(db, study, "unblinded_view", None, Actor(role="admin")) as call:
+        user = _lock_user(call.session, call.study.id, user_code)
+        call.audit.actor = f"user:{user_code}"
+        if user.locked or not user.active:
+            raise Refused(f"user {user_code} is locked", code="locked")
+        if not check_pin(user.pin_hash, pin):
+            user.failed_attempts += 1
+            user.locked = user.failed_attempts >= MAX_FAILED_ATTEMPTS
+            call.audit.record("pin_failed", "user", user_code,
+                              new={"failed_attempts": user.failed_attempts,
+                                   "locked": user.locked}, reason=purpose)
+            call.finish({})
+            failed = True
+        else:
+            failed = False
+            if user.role not in UNBLINDED_ROLES:
+                raise Refused(f"role {user.role} is blinded", code="blinded_role")
+            user.failed_attempts = 0
+            call.audit.record("unblinded_view", "report", purpose, reason=purpose)
+            call.finish({})
+    if failed:
+        raise Refused("user ID or PIN not valid", code="bad_credentials")
+    return Actor(role=user.role, user_code=user_code)
+
+
+def _lock_user(session, study_id: int, user_code: str) -> User:
+    user = session.execute(select(User).where(
+        User.study_id == study_id, User.user_code == user_code).with_for_update()
+    ).scalar_one_or_none()
+    if user is None:
+        raise NotFound(f"no user {user_code}", code="unknown_user")
+    return user

@@ -1,0 +1,127 @@
+"""``ivrs demo``: a demo study in a SQLite file, played through the core services.
+
+This first version drives the services directly (the voice and SMS dialogs
+arrive with their own issues and will replace these calls with real ones). It
+shows what a site sees: subject numbers, randomization numbers, confirmation
+numbers, refusals with their reasons; and what the sponsor sees: the blinded
+subjects report and the audit chain's verification.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from importlib.resources import files
+from pathlib import Path
+from typing import Callable
+
+from core.actors import Actor
+from core.audit import verify
+from core.db import Database
+from core.errors import IvrsError
+from core.migrate import upgrade
+from core.mrl import import_mrl
+from core.randomize import randomize
+from core.reports import subjects as subjects_report
+from core.studies import get_study
+from core.study_loader import load_study
+from core.subjects import record_screen_failure, screen_subject
+
+STUDY_CODE = "DEMO-301"
+STRATA = [("M", "LT65"), ("M", "GE65"), ("F", "LT65"), ("F", "GE65")]
+
+
+def write_demo_mrl(path: Path, per_stratum: int = 30, seed: int = 301) -> None:
+    """A 2:1 list in permuted blocks of 3, as a statistician would hand it over."""
+    rng = random.Random(seed)
+    number = 1000
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["randomization_number", "arm", "SEX", "AGE", "block"])
+        for sex, age in STRATA:
+            for block in range(per_stratum // 3):
+                arms = ["A", "A", "P"]
+                rng.shuffle(arms)
+                for arm in arms:
+                    number += 1
+                    writer.writerow([number, arm, sex, age, f"{sex}{age}-{block + 1}"])
+
+
+def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
+    workdir = Path(directory)
+    workdir.mkdir(parents=True, exist_ok=True)
+    database_file = workdir / "demo.sqlite3"
+    if database_file.exists():
+        database_file.unlink()  # a demo starts from scratch every time
+    db = Database(f"sqlite:///{database_file}")
+    upgrade(db.engine)
+
+    study_file = workdir / "study.yaml"
+    study_file.write_text(files("ivrs").joinpath("demo_data", "study.yaml").read_text("utf-8"),
+                          encoding="utf-8")
+    mrl_file = workdir / "mrl.csv"
+    write_demo_mrl(mrl_file)
+
+    echo(f"== ivrs demo: database {database_file}")
+    loaded = load_study(db, study_file)
+    echo(f"Loaded study {loaded.study_code} from {study_file}")
+    imported = import_mrl(db, mrl_file, study_code=STUDY_CODE)
+    echo(f"Imported the randomization list: {imported.rows} entries in {imported.strata} strata")
+
+    # Site staff act as themselves: the coordinator in Paris, the investigator in Barcelona.
+    paris = Actor(role="site_coordinator", user_code="5001", site_codes=frozenset({"101"}),
+                  channel="demo")
+    barcelona = Actor(role="investigator", user_code="5002", site_codes=frozenset({"102"}),
+                      channel="demo")
+    yes = {"INC1": True, "INC2": True, "EXC1": True}
+    echo("")
+    for actor, site, factors in [
+        (paris, "101", {"SEX": "F", "AGE": "LT65"}),
+        (paris, "101", {"SEX": "M", "AGE": "GE65"}),
+        (barcelona, "102", {"SEX": "F", "AGE": "LT65"}),
+        (barcelona, "102", {"SEX": "M", "AGE": "LT65"}),
+    ]:
+        screened = screen_subject(db, site_code=site, actor=actor, study=STUDY_CODE)
+        echo(f"[site {site}, user {actor.user_code}] screened subject {screened.subject_number}"
+             f" (confirmation {screened.confirmation})")
+        result = randomize(db, subject_number=screened.subject_number, actor=actor,
+                           study=STUDY_CODE, eligibility=yes, factors=factors)
+        # What the site hears: the number, never the arm (the study is blinded).
+        echo(f"[site {site}, user {actor.user_code}] randomized {result.subject_number}: "
+             f"randomization number {result.randomization_number} "
+             f"(confirmation {result.confirmation})")
+
+    echo("")
+    ineligible = screen_subject(db, site_code="101", actor=paris, study=STUDY_CODE)
+    try:
+        randomize(db, subject_number=ineligible.subject_number, actor=paris, study=STUDY_CODE,
+                  eligibility={**yes, "INC2": False}, factors={"SEX": "M", "AGE": "LT65"})
+    except IvrsError as refused:
+        echo(f"[site 101] randomization of {ineligible.subject_number} refused: {refused}")
+    failed = record_screen_failure(db, subject_number=ineligible.subject_number,
+                                   reason="inclusion criterion 2 not met", actor=paris,
+                                   study=STUDY_CODE)
+    echo(f"[site 101] {failed.subject_number} recorded as screen failure "
+         f"(confirmation {failed.confirmation})")
+    try:
+        randomize(db, subject_number="1020001", actor=paris, study=STUDY_CODE,
+                  eligibility=yes, factors={"SEX": "F", "AGE": "LT65"})
+    except IvrsError as refused:
+        echo(f"[site 101] user 5001 tried subject 1020001 of another site: {refused}")
+
+    echo("")
+    echo("== subjects report (blinded)")
+    with db.sessions() as session:
+        study = get_study(session, STUDY_CODE)
+        columns, rows = subjects_report(session, study, blinded=True)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        echo(buffer.getvalue().rstrip("\n"))
+        problem = verify(session, study.id)
+    echo("")
+    echo("== audit chain: " + ("intact" if problem is None else f"BROKEN: {problem}"))
+    echo(f"Try: DATABASE_URL=sqlite:///{database_file} ivrs report randomization")
+    return db
