@@ -26,6 +26,16 @@ from core.clock import utcnow
 from core.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
+# Keys of audit values that reveal allocation: blinded views show them redacted.
+UNBLINDED_KEYS = frozenset({"arm", "allocation", "kit_type"})
+REDACTED = "(blinded)"
+
+
+def blinded(values: dict | None) -> dict | None:
+    """An audit row's old/new values as a blinded reader may see them."""
+    if values is None:
+        return None
+    return {key: REDACTED if key in UNBLINDED_KEYS else value for key, value in values.items()}
 
 
 def jsonable(value: Any) -> Any:

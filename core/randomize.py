@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from core.actors import Actor
 from core.db import Database
 from core.errors import IvrsError, Refused
-from core.models import Arm, CapCounter, Randomization, RandomizationEvent, Study
+from core.models import Arm, CapCounter, Factor, Randomization, RandomizationEvent, Study
 from core.randomization import METHODS, AssignmentContext, ListExhausted
-from core.randomization.list_method import mark_used_by_id
 from core.randomization.strata import cap_matches, stratum_key
 from core.service import service_call
 from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, _history, lock_subject
@@ -90,14 +89,12 @@ def _randomize(call, subject, event_row: RandomizationEvent, answers: dict[str, 
     arms = {arm.code: arm for arm in session.execute(
         select(Arm).where(Arm.study_id == call.study.id).order_by(Arm.position)).scalars()}
     ctx = AssignmentContext(session=session, event=event_row, arms=arms, stratum_key=key,
-                            attributes=attributes)
+                            attributes=attributes, subject_id=subject.id)
     try:
         assignment = METHODS[event_row.method].assign(ctx)
     except ListExhausted:
         raise Refused("the randomization list for this stratum is exhausted",
                       code="list_exhausted") from None
-    if assignment.list_entry_id is not None:
-        mark_used_by_id(session, assignment.list_entry_id, subject.id)
     session.add(Randomization(
         study_id=call.study.id, event_id=event_row.id, subject_id=subject.id,
         randomization_number=assignment.randomization_number, arm_id=assignment.arm.id,
@@ -123,6 +120,7 @@ def _event_for(session: Session, study: Study, subject, code: str | None) -> Ran
     """The named event, or the subject's next one (re-randomization goes in order)."""
     events = list(session.execute(
         select(RandomizationEvent).where(RandomizationEvent.study_id == study.id)
+        .options(selectinload(RandomizationEvent.factors).selectinload(Factor.levels))
         .order_by(RandomizationEvent.position)).scalars())
     events = [e for e in events if e.method != "none"]
     if not events:

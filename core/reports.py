@@ -15,7 +15,12 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from core.models import (
-    Arm, RandomizationEvent, Randomization, Site, Study, Subject,
+    Arm,
+    Randomization,
+    RandomizationEvent,
+    Site,
+    Study,
+    Subject,
 )
 
 Report = tuple[list[str], Iterator[tuple]]

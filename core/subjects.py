@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from core.actors import Actor
 from core.db import Database
@@ -92,7 +92,8 @@ def lock_subject(session: Session, study: Study, subject_number: str) -> Subject
     subject = session.execute(
         select(Subject).where(Subject.study_id == study.id,
                               Subject.subject_number == subject_number)
-        .with_for_update()
+        .options(joinedload(Subject.site))
+        .with_for_update(of=Subject)
     ).scalar_one_or_none()
     if subject is None:
         raise NotFound(f"no subject {subject_number}", code="unknown_subject")

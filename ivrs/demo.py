@@ -16,12 +16,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
+from core.mrl import import_mrl
+
 from core.actors import Actor
 from core.audit import verify
 from core.db import Database
 from core.errors import IvrsError
 from core.migrate import upgrade
-from core.mrl import import_mrl
 from core.randomize import randomize
 from core.reports import subjects as subjects_report
 from core.studies import get_study

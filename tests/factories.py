@@ -9,8 +9,15 @@ from sqlalchemy import insert
 from core.audit import AuditLog
 from core.db import Database
 from core.models import (
-    Arm, CapCounter, Factor, FactorLevel, ListEntry, RandomizationEvent, RandomizationList,
-    Site, Study,
+    Arm,
+    CapCounter,
+    Factor,
+    FactorLevel,
+    ListEntry,
+    RandomizationEvent,
+    RandomizationList,
+    Site,
+    Study,
 )
 from core.randomization.strata import stratum_key
 
@@ -31,7 +38,7 @@ def make_study(db: Database, *, code="T-1", method="list", ratio=None, factors=F
         for i, site in enumerate(sites):
             s.add(Site(study_id=study.id, code=site, name=f"Site {site}", country="FR",
                        language="en"))
-        events = [(f"R1", method, ratio, params or {}, factors, caps or {})] + list(extra_events)
+        events = [("R1", method, ratio, params or {}, factors, caps or {})] + list(extra_events)
         for position, (ev_code, ev_method, ev_ratio, ev_params, ev_factors, ev_caps) in enumerate(events):
             event = RandomizationEvent(study_id=study.id, code=ev_code, position=position,
                                        method=ev_method, ratio=ev_ratio, params=ev_params,

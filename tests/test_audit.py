@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from factories import make_study
+from helpers import enroll
 from sqlalchemy import select, text
 
 from core import append_only
 from core.audit import AuditLog, row_hash, verify
 from core.models import AuditEvent
-from factories import make_study
-from helpers import enroll
 
 
 @pytest.fixture
@@ -92,3 +92,16 @@ def test_nothing_to_seal_writes_nothing(db):
     study = make_study(db, code="N", method="simple", factors={})
     with db.transaction() as s:
         assert AuditLog(study.id, "x").seal(s) is None
+
+
+def test_blinded_view_redacts_allocation(db):
+    from core.audit import blinded
+
+    make_study(db, code="B", method="minimization", params={"seed": 1})
+    enroll(db, "B", {"SEX": "M", "AGE": "LT65"})
+    with db.sessions() as s:
+        row = s.scalars(select(AuditEvent).where(AuditEvent.action == "subject_randomized")).one()
+    view = blinded(row.new)
+    assert view["arm"] == view["allocation"] == "(blinded)"
+    assert view["randomization_number"] == row.new["randomization_number"]
+    assert "'A'" not in repr(view) and "'P'" not in repr(view)

@@ -7,13 +7,13 @@ import random
 from collections import Counter
 
 import pytest
+from factories import make_study
+from helpers import enroll
 from sqlalchemy import select
 
 from core.models import ListEntry, Randomization
 from core.randomization.block import block_arms
 from core.randomization.minimization import choose, imbalance_per_arm
-from factories import make_study
-from helpers import enroll
 
 STRATA = [{"SEX": s, "AGE": a} for s, a in itertools.product(["M", "F"], ["LT65", "GE65"])]
 
@@ -40,15 +40,16 @@ def test_list_keeps_file_order_per_stratum(db):
 
 
 def test_list_exhausted_is_refused_and_changes_nothing(db):
-    from core.errors import Refused
     from helpers import table_counts
+
+    from core.errors import Refused
 
     make_study(db, code="L", method="list", list_per_stratum=2)
     for _ in range(2):
         enroll(db, "L", STRATA[0])
     from core.actors import ADMIN
-    from core.subjects import screen_subject
     from core.randomize import randomize
+    from core.subjects import screen_subject
 
     subject = screen_subject(db, site_code="101", actor=ADMIN, study="L")
     before = table_counts(db)

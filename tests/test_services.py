@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from factories import make_study
+from helpers import YES, enroll, table_counts
 from sqlalchemy import select
 
 from core.actors import ADMIN, Actor
@@ -10,8 +12,6 @@ from core.errors import IvrsError, NotFound, Refused
 from core.models import AuditEvent, Randomization, Subject, SubjectStatusChange
 from core.randomize import change_ratio, randomize
 from core.subjects import discontinue, record_screen_failure, screen_subject
-from factories import make_study
-from helpers import YES, enroll, table_counts
 
 COORDINATOR_101 = Actor(role="site_coordinator", user_code="5001",
                         site_codes=frozenset({"101"}), channel="test")

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core.models import Arm, RandomizationEvent, StratumCounter
@@ -30,6 +30,7 @@ class AssignmentContext:
     arms: dict[str, Arm]  # by code, in file order
     stratum_key: str
     attributes: dict[str, str]  # factor levels, plus site and cohort
+    subject_id: int
 
 
 @dataclass
@@ -63,17 +64,15 @@ def take_counter(session: Session, event_id: int, study_id: int, key: str,
         update(StratumCounter)
         .where(StratumCounter.event_id == event_id, StratumCounter.stratum_key == key)
         .values(used=StratumCounter.used + count)
-        .returning(StratumCounter.id)
+        .returning(StratumCounter)
+        # the identity map may hold this row from before the UPDATE
+        .execution_options(populate_existing=True, synchronize_session=False)
     )
-    counter_id = session.execute(statement).scalar()
-    if counter_id is None:
+    counter = session.execute(statement).scalar()
+    if counter is None:
         _create_counter(session, event_id, study_id, key)
-        counter_id = session.execute(statement).scalar_one()
-    # populate_existing: the identity map may hold this row from before the UPDATE
-    return session.execute(
-        select(StratumCounter).where(StratumCounter.id == counter_id)
-        .execution_options(populate_existing=True)
-    ).scalar_one()
+        counter = session.execute(statement).scalar_one()
+    return counter
 
 
 def _create_counter(session: Session, event_id: int, study_id: int, key: str) -> None:

@@ -24,6 +24,7 @@ from core.randomization.base import (
     ratio_weights,
     take_counter,
 )
+from core.randomization.list_method import take_entry
 
 
 def block_arms(seed: object, event_code: str, stratum_key: str, block_index: int,
@@ -44,15 +45,7 @@ class BlockMethod:
         counter = take_counter(ctx.session, ctx.event.id, ctx.event.study_id, ctx.stratum_key)
         if counter.used > counter.generated:
             _generate_block(ctx, counter)
-        entry = ctx.session.execute(
-            select(ListEntry).where(ListEntry.event_id == ctx.event.id,
-                                    ListEntry.stratum_key == ctx.stratum_key,
-                                    ListEntry.position == counter.used)
-        ).scalar_one()
-        arm = next(a for a in ctx.arms.values() if a.id == entry.arm_id)
-        return Assignment(arm=arm, randomization_number=entry.randomization_number,
-                          list_entry_id=entry.id,
-                          details={"block": entry.block, "list_position": entry.position})
+        return take_entry(ctx, counter.used)
 
 
 def _generate_block(ctx: AssignmentContext, counter: StratumCounter) -> None:
