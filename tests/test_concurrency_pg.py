@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from factories import make_study
 from sqlalchemy import text
 
 from core.actors import ADMIN
@@ -30,7 +31,6 @@ from core.randomization.block import block_arms
 from core.randomization.minimization import choose, imbalance_per_arm
 from core.randomize import randomize
 from core.subjects import screen_subject
-from factories import make_study
 
 pytestmark = pytest.mark.postgres
 
@@ -245,12 +245,16 @@ def test_block_randomization_under_32_clients(pg_db):
         assert arms[key] == sequence[:n], f"stratum {key} departs from the seeded blocks"
         # blocks are generated lazily, exactly as many as needed, and only once
         assert (counters[key].blocks, counters[key].generated) == (blocks, len(sequence))
-        entries = rows(pg_db, """SELECT position, block, a.code FROM list_entries le
+        entries = rows(pg_db, """SELECT le.position, le.block, a.code FROM list_entries le
                                  JOIN arms a ON a.id = le.arm_id
-                                 WHERE le.study_id = :sid AND stratum_key = :key
-                                 ORDER BY position""", sid=sid, key=key)
+                                 WHERE le.study_id = :sid AND le.stratum_key = :key
+                                 ORDER BY le.position""", sid=sid, key=key)
         assert [e.position for e in entries] == list(range(1, len(sequence) + 1))
         assert [e.code for e in entries] == sequence
+        sizes_seen = Counter(e.block for e in entries)
+        assert [sizes_seen[f"B{k}"] for k in range(1, blocks + 1)] == [
+            len(block_arms(seed, "R1", key, k, sizes, [("A", 1), ("P", 1)]))
+            for k in range(1, blocks + 1)]
     # every generated entry has its own number, drawn from the event counter
     generated = sum(c.generated for key, c in counters.items() if key != "#event")
     assert counters["#event"].used == generated

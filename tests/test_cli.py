@@ -1,0 +1,130 @@
+"""The ``ivrs`` command end to end: load, import, report, verify, users, demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from core import append_only
+from ivrs.cli import main
+from studyfiles import MRL_CSV, STUDY_YAML
+
+
+@pytest.fixture
+def run(database_env):
+    runner = CliRunner()
+
+    def invoke(*args, env=None):
+        return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def loaded(run):
+    assert run("init").exit_code == 0
+    result = run("study", "load", str(STUDY_YAML))
+    assert result.exit_code == 0, result.output
+    result = run("mrl", "import", str(MRL_CSV))
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_help_lists_the_commands(run):
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("demo", "init", "study", "mrl", "users", "report", "audit"):
+        assert command in result.output
+
+
+def test_reload_reports_no_changes(loaded):
+    result = loaded("study", "load", str(STUDY_YAML))
+    assert result.exit_code == 0 and "no changes" in result.output
+
+
+def test_bad_study_file_exits_1_naming_line_and_field(loaded, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(STUDY_YAML.read_text(encoding="utf-8").replace("{A: 2, P: 1}", "{A: 2, X: 1}", 1),
+                   encoding="utf-8")
+    result = loaded("study", "load", str(bad))
+    assert result.exit_code == 1
+    assert "bad.yaml:" in result.output and "X" in result.output
+    assert "nothing was changed" in result.output
+
+
+def test_reports_are_blinded_unless_an_unblinded_user_signs(loaded, db):
+    from core.actors import ADMIN
+    from core.randomize import randomize
+    from core.subjects import screen_subject
+
+    subject = screen_subject(db, site_code="101", actor=ADMIN)
+    randomize(db, subject_number=subject.subject_number, actor=ADMIN,
+              eligibility={"INC1": True, "INC2": True, "EXC1": True},
+              factors={"SEX": "F", "AGE": "LT65"})
+    blinded = loaded("report", "subjects")
+    rows = list(csv.DictReader(io.StringIO(blinded.output)))
+    assert rows[0]["subject_number"] == subject.subject_number
+    assert "arm" not in rows[0] and rows[0]["randomization_number"]
+    report = loaded("report", "randomization")
+    assert "arm" not in report.output.splitlines()[0]
+
+    refused = loaded("report", "subjects", "--unblinded", "--user", "5001",
+                     env={"IVRS_PIN": "2468"})
+    assert refused.exit_code == 1 and "blinded" in refused.output
+    wrong = loaded("report", "subjects", "--unblinded", "--user", "5004", env={"IVRS_PIN": "0000"})
+    assert wrong.exit_code == 1 and "not valid" in wrong.output
+    unblinded = loaded("report", "subjects", "--unblinded", "--user", "5004",
+                       env={"IVRS_PIN": "9753"})
+    assert unblinded.exit_code == 0, unblinded.output
+    row = next(csv.DictReader(io.StringIO(unblinded.output)))
+    assert row["arm"] in ("A", "P")
+    with db.sessions() as s:
+        actions = [a for (a,) in s.execute(text("SELECT action FROM audit_events ORDER BY seq"))]
+    assert "unblinded_view" in actions and "pin_failed" in actions
+
+
+def test_audit_verify_detects_tampering(loaded, db):
+    ok = loaded("audit", "verify")
+    assert ok.exit_code == 0 and "chain intact" in ok.output
+    with db.engine.begin() as conn:
+        for statement in append_only.drop_statements(db.engine.dialect.name):
+            conn.execute(text(statement))
+        conn.execute(text("UPDATE audit_events SET reason = 'nothing to see' WHERE seq = 2"))
+    broken = loaded("audit", "verify")
+    assert broken.exit_code == 1
+    assert "BROKEN" in broken.output and "seq 2" in broken.output
+
+
+def test_user_administration(loaded, db):
+    assert loaded("users", "add", "6001", "--name", "Rosalind Franklin", "--role", "pharmacist",
+                  "--site", "101", "--phone", "+33600000001", "--language", "fr",
+                  "--pin", "1234").exit_code == 0
+    assert loaded("users", "lock", "6001").exit_code == 0
+    assert loaded("users", "reset-pin", "6001", "--pin", "4321").exit_code == 0
+    duplicate = loaded("users", "add", "6001", "--name", "x", "--role", "pharmacist",
+                       "--pin", "1234", "--language", "fr")
+    assert duplicate.exit_code == 1 and "already exists" in duplicate.output
+    bad = loaded("users", "add", "6002", "--name", "x", "--role", "pharmacist", "--pin", "12")
+    assert bad.exit_code == 1
+    with db.sessions() as s:
+        temp, locked = s.execute(text(
+            "SELECT pin_temporary, locked FROM users WHERE user_code = '6001'")).one()
+        audit = " ".join(str(r) for r in s.execute(text("SELECT new FROM audit_events")))
+    assert temp and not locked
+    assert "1234" not in audit and "4321" not in audit
+
+
+def test_demo_runs_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "randomization number" in out
+    assert "refused" in out and "subject_number,site,status" in out
+    assert "audit chain: intact" in out
+    # blinded: the demo never prints an arm name or code column
+    assert "Placebo" not in out and "Drug X" not in out and ",arm" not in out
