@@ -19,13 +19,19 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterator
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.clock import utcnow
 from core.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
+_heads, _events = AuditHead.__table__, AuditEvent.__table__
+_LOCK_HEAD = (select(_heads.c.seq, _heads.c.hash)
+              .where(_heads.c.study_id == bindparam("study_id")).with_for_update())
+_INSERT_ROWS = insert(_events)
+_MOVE_HEAD = (update(_heads).where(_heads.c.study_id == bindparam("head_study"))
+              .values(seq=bindparam("new_seq"), hash=bindparam("new_hash")))
 # Keys of audit values that reveal allocation: blinded views show them redacted.
 UNBLINDED_KEYS = frozenset({"arm", "allocation", "kit_type"})
 REDACTED = "(blinded)"
@@ -65,10 +71,11 @@ def _iso(moment: datetime) -> str:
 def row_hash(
     *, study_id: int, seq: int, at: datetime, actor: str, action: str, entity_type: str,
     entity_id: str | None, reason: str | None, old: Any, new: Any, prev_hash: str,
+    transaction_id: int | None = None,
 ) -> str:
     payload = json.dumps(
-        [study_id, seq, _iso(at), actor, action, entity_type, entity_id, reason,
-         old, new, prev_hash],
+        [study_id, seq, transaction_id, _iso(at), actor, action, entity_type, entity_id,
+         reason, old, new, prev_hash],
         sort_keys=True, separators=(",", ":"), ensure_ascii=False,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
@@ -81,6 +88,7 @@ class AuditLog:
     study_id: int
     actor: str
     pending: list[dict[str, Any]] = field(default_factory=list)
+    transaction_id: int | None = None
 
     def record(self, action: str, entity_type: str, entity_id: Any = None, *,
                old: dict | None = None, new: dict | None = None,
@@ -106,24 +114,20 @@ class AuditLog:
         for record in self.pending:
             seq += 1
             digest = row_hash(study_id=self.study_id, seq=seq, at=at, actor=self.actor,
-                              prev_hash=prev, **record)
+                              prev_hash=prev, transaction_id=self.transaction_id, **record)
             rows.append({**record, "study_id": self.study_id, "seq": seq, "at": at,
-                         "actor": self.actor, "prev_hash": prev, "hash": digest})
+                         "actor": self.actor, "prev_hash": prev, "hash": digest,
+                         "transaction_id": self.transaction_id})
             prev = digest
-        session.execute(insert(AuditEvent), rows)
-        session.execute(
-            update(AuditHead).where(AuditHead.study_id == self.study_id)
-            .values(seq=seq, hash=prev)
-        )
+        session.execute(_INSERT_ROWS, rows)
+        session.execute(_MOVE_HEAD, {"head_study": self.study_id, "new_seq": seq,
+                                     "new_hash": prev})
         self.pending.clear()
         return first
 
 
 def _lock_head(session: Session, study_id: int) -> tuple[int, str]:
-    row = session.execute(
-        select(AuditHead.seq, AuditHead.hash)
-        .where(AuditHead.study_id == study_id).with_for_update()
-    ).first()
+    row = session.execute(_LOCK_HEAD, {"study_id": study_id}).first()
     if row is None:
         # The study was created in this very transaction; nobody else can see it.
         session.add(AuditHead(study_id=study_id, seq=0, hash=GENESIS))
@@ -163,7 +167,8 @@ def verify(session: Session, study_id: int) -> ChainBreak | None:
         digest = row_hash(study_id=row.study_id, seq=row.seq, at=row.at, actor=row.actor,
                           action=row.action, entity_type=row.entity_type,
                           entity_id=row.entity_id, reason=row.reason, old=row.old,
-                          new=row.new, prev_hash=row.prev_hash)
+                          new=row.new, prev_hash=row.prev_hash,
+                          transaction_id=row.transaction_id)
         if digest != row.hash:
             return ChainBreak(study_id, row.seq, row.id, "content altered (hash mismatch)")
         prev = row.hash

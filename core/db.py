@@ -64,8 +64,11 @@ class Database:
     """One engine and its session factory; passed to every core service."""
 
     def __init__(self, url: str | None = None, engine: Engine | None = None, **engine_kwargs):
+        from core.study_config import ConfigCache
+
         self.engine = engine or make_engine(url, **engine_kwargs)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False,
+                                     info={"config_cache": ConfigCache()})
 
     @property
     def is_postgres(self) -> bool:

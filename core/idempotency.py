@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from core.clock import utcnow
 from core.errors import IvrsError
 from core.models import IdempotencyRecord
 
@@ -31,10 +32,19 @@ def stored_result(session: Session, study_id: int, key: str, operation: str) -> 
     if record.operation != operation:
         raise IvrsError(f"idempotency key {key!r} was used for {record.operation}",
                         code="key_reused")
-    return record.result
+    return {**record.result, "confirmation": confirmation_number(record.id)}
+
+
+_records = IdempotencyRecord.__table__
+_STORE = insert(_records).returning(_records.c.id)
 
 
 def store_result(session: Session, study_id: int, key: str, operation: str,
-                 result: dict[str, Any]) -> None:
-    session.add(IdempotencyRecord(study_id=study_id, key=key, operation=operation,
-                                  result=result))
+                 result: dict[str, Any]) -> int:
+    """Record the call; its id is the transaction's confirmation number."""
+    return session.execute(_STORE, {"study_id": study_id, "key": key, "operation": operation,
+                                    "result": result, "created_at": utcnow()}).scalar_one()
+
+
+def confirmation_number(record_id: int) -> str:
+    return f"{record_id:06d}"

@@ -59,6 +59,8 @@ class Study(Base):
     languages: Mapped[list[Any]] = mapped_column(default=list)
     eligibility: Mapped[list[Any]] = mapped_column(default=list)
     unblinding_mode: Mapped[str] = mapped_column(String(20), default="investigator")
+    # Incremented by every configuration change (see core.study_config).
+    config_version: Mapped[int] = mapped_column(default=1, server_default="1")
     # Sections later issues own (kit_types, visits, supply) as loaded, validated.
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
@@ -359,7 +361,8 @@ class CapCounter(Base):
 
 
 class IdempotencyRecord(Base):
-    """The stored result of a service call, so that a retry returns it unchanged."""
+    """One committed service call: its key, its result (a retry gets it back
+    unchanged) and, as its id, the confirmation number people hear."""
 
     __tablename__ = "idempotency_records"
     __table_args__ = (UniqueConstraint("study_id", "key"),)
@@ -367,7 +370,7 @@ class IdempotencyRecord(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
     key: Mapped[str] = mapped_column(String(200))
-    operation: Mapped[str] = mapped_column(String(40))
+    operation: Mapped[str] = mapped_column(String(80))
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
 
@@ -381,6 +384,8 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
     seq: Mapped[int]
+    # The transaction that wrote the row: its confirmation number (idempotency record id).
+    transaction_id: Mapped[int | None] = mapped_column(index=True)
     at: Mapped[datetime] = mapped_column(Timestamp)
     actor: Mapped[str] = mapped_column(String(60))
     action: Mapped[str] = mapped_column(String(60))

@@ -1,25 +1,31 @@
 """The randomize service, and the mid-study ratio change.
 
 Lock order inside a randomization (the same everywhere, so none can deadlock):
-subject row -> cap counters (sorted) -> the stratum's counter -> the event
-counter -> the study's audit chain head.
+study configuration (shared) -> subject row -> cap counters (sorted) -> the
+stratum's counter -> the event counter -> the study's audit chain head.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from core.actors import Actor
 from core.db import Database
 from core.errors import IvrsError, Refused
-from core.models import Arm, CapCounter, Factor, Randomization, RandomizationEvent, Study
+from core.clock import utcnow
+from core.models import Arm, CapCounter, Randomization, RandomizationEvent
 from core.randomization import METHODS, AssignmentContext, ListExhausted
 from core.randomization.strata import cap_matches, stratum_key
 from core.service import service_call
-from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, _history, lock_subject
+from core.study_config import EventConfig, StudyConfig, own_config, share_config, study_config
+from core.studies import StudyRef, bump_config_version
+from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, lock_subject_row, record_status
+
+
+_INSERT_RANDOMIZATION = insert(Randomization.__table__)
 
 
 @dataclass(frozen=True)
@@ -53,22 +59,26 @@ def randomize(db: Database, *, subject_number: str, actor: Actor,
     audit trail (the protocol wants it on record) and then raised.
     """
     actor.require(ENROLLING_ROLES, "randomize")
-    with service_call(db, study, "randomize", idempotency_key, actor) as call:
+    operation = f"randomize {subject_number}"
+    with service_call(db, study, operation, idempotency_key, actor) as call:
         session, study_row = call.session, call.study
-        subject = lock_subject(session, study_row, subject_number)
+        share_config(session, study_row.id)
+        subject = lock_subject_row(session, study_row.id, subject_number)
         replay = call.replayed()
         if replay is None:
-            actor.require_site(subject.site.code)
-            event_row = _event_for(session, study_row, subject, event)
+            actor.require_site(subject.site_code)
+            config = study_config(session, study_row.id, study_row.config_version)
+            event_config = _event_for(session, config, subject, event)
             answers = _check_answers(study_row, eligibility)
             if not all(answers.values()):
                 call.audit.record("randomization_refused", "subject", subject_number,
-                                  new={"event": event_row.code, "eligibility": answers},
+                                  new={"event": event_config.code, "eligibility": answers},
                                   reason="not eligible")
                 replay = call.finish({"refused": "not_eligible",
                                       "failed": [q for q, ok in answers.items() if not ok]})
             else:
-                replay = _randomize(call, subject, event_row, answers, factors, cohort)
+                replay = _randomize(call, config, subject, event_config, answers, factors,
+                                    cohort)
     if "refused" in replay:
         raise Refused(f"subject {subject_number} is not eligible: "
                       f"{', '.join(replay['failed'])} answered no",
@@ -76,57 +86,57 @@ def randomize(db: Database, *, subject_number: str, actor: Actor,
     return RandomizationResult(**replay)
 
 
-def _randomize(call, subject, event_row: RandomizationEvent, answers: dict[str, bool],
-               factors: dict[str, str], cohort: str | None) -> dict:
+def _randomize(call, config: StudyConfig, subject, event: EventConfig,
+               answers: dict[str, bool], factors: dict[str, str], cohort: str | None) -> dict:
     session = call.session
-    levels = _check_levels(event_row, factors)
-    cohort = cohort or event_row.params.get("current_cohort")
-    attributes = {**levels, "site": subject.site.code, **({"cohort": cohort} if cohort else {})}
-    key = stratum_key([f.code for f in event_row.factors], levels,
-                      site=subject.site.code if event_row.stratify_by_site else None,
-                      cohort=cohort)
-    _take_caps(session, event_row, attributes)
-    arms = {arm.code: arm for arm in session.execute(
-        select(Arm).where(Arm.study_id == call.study.id).order_by(Arm.position)).scalars()}
-    ctx = AssignmentContext(session=session, event=event_row, arms=arms, stratum_key=key,
+    levels = _check_levels(event, factors)
+    cohort = cohort or event.params.get("current_cohort")
+    site_code = subject.site_code
+    attributes = {**levels, "site": site_code, **({"cohort": cohort} if cohort else {})}
+    key = stratum_key([f.code for f in event.factors], levels,
+                      site=site_code if event.stratify_by_site else None, cohort=cohort)
+    if event.has_caps:
+        _take_caps(session, event, attributes)
+    # Writes that do not depend on the assignment go first, so that the
+    # stratum's lock (taken by the method) is held for as few statements as possible.
+    if subject.status == SCREENED:
+        record_status(session, call, subject, RANDOMIZED, f"randomized ({event.code})")
+    ctx = AssignmentContext(session=session, event=event, arms=config.arms, stratum_key=key,
                             attributes=attributes, subject_id=subject.id)
     try:
-        assignment = METHODS[event_row.method].assign(ctx)
+        assignment = METHODS[event.method].assign(ctx)
     except ListExhausted:
         raise Refused("the randomization list for this stratum is exhausted",
                       code="list_exhausted") from None
-    session.add(Randomization(
-        study_id=call.study.id, event_id=event_row.id, subject_id=subject.id,
-        randomization_number=assignment.randomization_number, arm_id=assignment.arm.id,
-        stratum_key=key, factors=levels, eligibility=answers, method=event_row.method,
-        details=assignment.details, randomized_by=call.actor.label,
-    ))
-    if subject.status == SCREENED:
-        subject.status = RANDOMIZED
-        _history(call, subject, SCREENED, RANDOMIZED, f"randomized ({event_row.code})")
+    session.execute(_INSERT_RANDOMIZATION, {
+        "study_id": call.study.id, "event_id": event.id, "subject_id": subject.id,
+        "randomization_number": assignment.randomization_number, "arm_id": assignment.arm.id,
+        "stratum_key": key, "factors": levels, "eligibility": answers, "method": event.method,
+        "details": assignment.details, "randomized_by": call.actor.label,
+        "randomized_at": utcnow(),
+    })
     # "arm" and "allocation" are unblinded keys: blinded views of the audit
     # trail redact them (core.audit.UNBLINDED_KEYS).
     call.audit.record("subject_randomized", "subject", subject.subject_number, new={
-        "event": event_row.code, "randomization_number": assignment.randomization_number,
+        "event": event.code, "randomization_number": assignment.randomization_number,
         "stratum": key, "factors": levels, "eligibility": answers,
         "arm": assignment.arm.code, "allocation": assignment.details,
     })
-    return call.finish({"subject_number": subject.subject_number, "event": event_row.code,
+    return call.finish({"subject_number": subject.subject_number, "event": event.code,
                         "randomization_number": assignment.randomization_number,
                         "arm": assignment.arm.code, "stratum": key})
 
 
-def _event_for(session: Session, study: Study, subject, code: str | None) -> RandomizationEvent:
+def _event_for(session: Session, config: StudyConfig, subject, code: str | None) -> EventConfig:
     """The named event, or the subject's next one (re-randomization goes in order)."""
-    events = list(session.execute(
-        select(RandomizationEvent).where(RandomizationEvent.study_id == study.id)
-        .options(selectinload(RandomizationEvent.factors).selectinload(Factor.levels))
-        .order_by(RandomizationEvent.position)).scalars())
-    events = [e for e in events if e.method != "none"]
+    events = config.events
     if not events:
         raise Refused("this study does not randomize", code="no_randomization")
-    done = set(session.execute(
-        select(Randomization.event_id).where(Randomization.subject_id == subject.id)).scalars())
+    if len(events) == 1 and subject.status == SCREENED:
+        done: set[int] = set()  # the status says it: no randomization yet
+    else:
+        done = set(session.execute(select(Randomization.event_id).where(
+            Randomization.subject_id == subject.id)).scalars())
     if code is not None:
         chosen = next((e for e in events if e.code == code), None)
         if chosen is None:
@@ -143,14 +153,14 @@ def _event_for(session: Session, study: Study, subject, code: str | None) -> Ran
     if earlier:
         raise Refused(f"subject {subject.subject_number} must first be randomized "
                       f"({earlier[0].code})", code="previous_event_missing")
-    expected = SCREENED if chosen.position == events[0].position else RANDOMIZED
+    expected = SCREENED if chosen is events[0] else RANDOMIZED
     if subject.status != expected:
         raise Refused(f"subject {subject.subject_number} is {subject.status}",
                       code=f"subject_{subject.status}")
     return chosen
 
 
-def _check_answers(study: Study, eligibility: dict[str, bool]) -> dict[str, bool]:
+def _check_answers(study: StudyRef, eligibility: dict[str, bool]) -> dict[str, bool]:
     missing = [q for q in study.eligibility if q not in eligibility]
     if missing:
         raise IvrsError(f"eligibility not answered: {', '.join(missing)}",
@@ -158,32 +168,31 @@ def _check_answers(study: Study, eligibility: dict[str, bool]) -> dict[str, bool
     return {q: bool(eligibility[q]) for q in study.eligibility}
 
 
-def _check_levels(event: RandomizationEvent, factors: dict[str, str]) -> dict[str, str]:
+def _check_levels(event: EventConfig, factors: dict[str, str]) -> dict[str, str]:
     levels = {}
     for factor in event.factors:
         level = factors.get(factor.code)
-        allowed = [lv.code for lv in factor.levels]
-        if level not in allowed:
-            raise IvrsError(f"{factor.code} must be one of {', '.join(allowed)}",
+        if level not in factor.levels:
+            raise IvrsError(f"{factor.code} must be one of {', '.join(factor.levels)}",
                             code="bad_level", factor=factor.code)
         levels[factor.code] = level
     return levels
 
 
-def _take_caps(session: Session, event: RandomizationEvent, attributes: dict[str, str]) -> None:
+def _take_caps(session: Session, event: EventConfig, attributes: dict[str, str]) -> None:
     caps = session.execute(
-        select(CapCounter).where(CapCounter.event_id == event.id)
-        .order_by(CapCounter.cap_key)).scalars().all()
-    for cap in caps:
-        if not cap_matches(cap.cap_key, attributes):
+        select(CapCounter.id, CapCounter.cap_key).where(CapCounter.event_id == event.id)
+        .order_by(CapCounter.cap_key)).all()
+    for cap_id, cap_key in caps:
+        if not cap_matches(cap_key, attributes):
             continue
         taken = session.execute(
-            update(CapCounter).where(CapCounter.id == cap.id, CapCounter.count < CapCounter.cap)
+            update(CapCounter).where(CapCounter.id == cap_id, CapCounter.count < CapCounter.cap)
             .values(count=CapCounter.count + 1).returning(CapCounter.id)
         ).scalar()
         if taken is None:
-            raise Refused(f"the enrollment cap {cap.cap_key} is reached", code="cap_reached",
-                          cap=cap.cap_key)
+            raise Refused(f"the enrollment cap {cap_key} is reached", code="cap_reached",
+                          cap=cap_key)
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,7 @@ def change_ratio(db: Database, *, ratio: dict[str, int], actor: Actor, reason: s
     if not (reason or "").strip():
         raise Refused("a reason (the protocol amendment) is required", code="reason_required")
     with service_call(db, study, "change_ratio", idempotency_key, actor) as call:
+        own_config(call.session, call.study.id)
         events = list(call.session.execute(
             select(RandomizationEvent).where(RandomizationEvent.study_id == call.study.id)
             .order_by(RandomizationEvent.position).with_for_update()).scalars())
@@ -217,12 +227,13 @@ def change_ratio(db: Database, *, ratio: dict[str, int], actor: Actor, reason: s
         validate_ratio(call.session, call.study, row, ratio)
         old = dict(row.ratio)
         row.ratio = {code: int(n) for code, n in ratio.items()}
+        bump_config_version(call.session, call.study.id)
         call.audit.record("ratio_changed", "randomization_event", row.code,
                           old={"ratio": old}, new={"ratio": row.ratio}, reason=reason)
         return RatioChange(**call.finish({"event": row.code, "old": old, "new": row.ratio}))
 
 
-def validate_ratio(session: Session, study: Study, event: RandomizationEvent,
+def validate_ratio(session: Session, study: StudyRef, event: RandomizationEvent,
                    ratio: dict[str, int]) -> None:
     if event.method in ("list", "none"):
         raise Refused(f"event {event.code} uses method {event.method}: the ratio is the list's",

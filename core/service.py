@@ -7,10 +7,12 @@
         ... work, call.audit.record(...) ...
         return call.finish({...})
 
-``finish`` seals the audit records into the study's chain (the last and only
-study-wide lock of the transaction), takes the first audit sequence number as
-the confirmation number people hear and write down, and stores the result under
-the idempotency key, all before the commit.
+``finish`` stores the result under the idempotency key (the record's id is the
+confirmation number people hear and write down; the operation names what the
+key is for, e.g. the subject, so that a key reused for something else is
+refused rather than answered with another call's result), then seals the audit
+records, stamped with that number, into the study's chain: the last and only
+study-wide lock of the transaction, held for two statements and the commit.
 """
 
 from __future__ import annotations
@@ -24,34 +26,37 @@ from sqlalchemy.orm import Session
 from core.actors import Actor
 from core.audit import AuditLog
 from core.db import Database
-from core.idempotency import new_key, store_result, stored_result
-from core.models import Study
-from core.studies import get_study
+from core.idempotency import confirmation_number, new_key, store_result, stored_result
+from core.studies import StudyRef, study_ref
 
 
 @dataclass
 class ServiceCall:
     session: Session
-    study: Study
+    study: StudyRef
     actor: Actor
     audit: AuditLog
     operation: str
     key: str
 
+    key_given: bool = True
+
     def replayed(self) -> dict[str, Any] | None:
+        if not self.key_given:
+            return None  # a fresh key cannot have been used: skip the lookup
         return stored_result(self.session, self.study.id, self.key, self.operation)
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
-        first_seq = self.audit.seal(self.session)
-        result = {**result, "confirmation": None if first_seq is None else f"{first_seq:06d}"}
-        store_result(self.session, self.study.id, self.key, self.operation, result)
-        return result
+        record_id = store_result(self.session, self.study.id, self.key, self.operation, result)
+        self.audit.transaction_id = record_id
+        self.audit.seal(self.session)
+        return {**result, "confirmation": confirmation_number(record_id)}
 
 
 @contextmanager
 def service_call(db: Database, study_code: str | None, operation: str, key: str | None,
                  actor: Actor) -> Iterator[ServiceCall]:
     with db.transaction() as session:
-        study = get_study(session, study_code)
+        study = study_ref(session, study_code)
         yield ServiceCall(session, study, actor, AuditLog(study.id, actor.label), operation,
-                          key or new_key())
+                          key or new_key(), key_given=key is not None)

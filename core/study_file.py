@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -114,7 +115,7 @@ def read_yaml(path) -> tuple[Any, SourceMap]:
 
 def _read_text(path, source: SourceMap) -> str:
     try:
-        raw = open(path, "rb").read()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise FileErrors([FileError(source.file, None, None,
                                     f"cannot read the file: {exc.strerror}")]) from None
@@ -652,7 +653,9 @@ class EventChecks:
         if not ratio:
             self.error("ratio", "an empty ratio: give at least one arm")
             return False
-        return all([self.checks.known_arm(arm, self.path + ("ratio", arm)) for arm in ratio])
+        # Every arm is checked (no short-circuit) so that each unknown one is reported.
+        known = [self.checks.known_arm(arm, self.path + ("ratio", arm)) for arm in ratio]
+        return all(known)
 
     def check_factors(self) -> None:
         factors = self.event.factors

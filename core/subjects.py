@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from core.actors import Actor
+from core.clock import utcnow
 from core.db import Database
 from core.errors import NotFound, Refused
 from core.models import Site, Study, Subject, SubjectStatusChange
@@ -71,7 +72,7 @@ def _change_status(db, subject_number, allowed_from, to_status, reason, actor, s
     actor.require(ENROLLING_ROLES, "change a subject's status")
     if not (reason or "").strip():
         raise Refused("a reason is required", code="reason_required")
-    with service_call(db, study, operation, key, actor) as call:
+    with service_call(db, study, f"{operation} {subject_number}", key, actor) as call:
         subject = lock_subject(call.session, call.study, subject_number)
         if (replay := call.replayed()) is not None:
             return SubjectResult(**replay)
@@ -113,3 +114,45 @@ def _history(call: ServiceCall, subject: Subject, old: str | None, new: str,
     call.session.add(SubjectStatusChange(study_id=call.study.id, subject_id=subject.id,
                                          from_status=old, to_status=new,
                                          by=call.actor.label, reason=reason))
+
+
+_subjects, _sites = Subject.__table__, Site.__table__
+_LOCK_SUBJECT_ROW = (
+    select(_subjects.c.id, _subjects.c.subject_number, _subjects.c.status,
+           _sites.c.code.label("site_code"))
+    .join(_sites, _sites.c.id == _subjects.c.site_id)
+    .where(_subjects.c.study_id == bindparam("study"),
+           _subjects.c.subject_number == bindparam("number"))
+    .with_for_update(of=_subjects)
+)
+_SET_STATUS = (update(_subjects).where(_subjects.c.id == bindparam("subject"))
+               .values(status=bindparam("new_status")))
+_ADD_HISTORY = insert(SubjectStatusChange.__table__)
+
+
+@dataclass
+class SubjectRow:
+    """A locked subject as the hot path needs it (no ORM object)."""
+
+    id: int
+    subject_number: str
+    status: str
+    site_code: str
+
+
+def lock_subject_row(session: Session, study_id: int, subject_number: str) -> SubjectRow:
+    row = session.execute(_LOCK_SUBJECT_ROW, {"study": study_id,
+                                              "number": subject_number}).first()
+    if row is None:
+        raise NotFound(f"no subject {subject_number}", code="unknown_subject")
+    return SubjectRow(*row)
+
+
+def record_status(session: Session, call: ServiceCall, subject: SubjectRow, new: str,
+                  reason: str) -> None:
+    """Move a locked subject to a new status, with its history row."""
+    session.execute(_SET_STATUS, {"subject": subject.id, "new_status": new})
+    session.execute(_ADD_HISTORY, {
+        "study_id": call.study.id, "subject_id": subject.id, "from_status": subject.status,
+        "to_status": new, "by": call.actor.label, "reason": reason, "at": utcnow()})
+    subject.status = new

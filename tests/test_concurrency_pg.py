@@ -145,7 +145,7 @@ def assert_each_subject_once(db, code: str, numbers: list[str], results: dict) -
     # Commit order: the audit sequence of each subject's "subject_randomized" row.
     committed = rows(db, """
         SELECT s.subject_number, r.stratum_key, r.randomization_number, a.code AS arm,
-               r.details, r.factors, e.seq
+               r.details, r.factors, e.seq, e.transaction_id
         FROM randomizations r
         JOIN subjects s ON s.id = r.subject_id
         JOIN arms a ON a.id = r.arm_id
@@ -158,8 +158,8 @@ def assert_each_subject_once(db, code: str, numbers: list[str], results: dict) -
         told = results[row.subject_number]
         assert (told.randomization_number, told.arm, told.stratum) == (
             row.randomization_number, row.arm, row.stratum_key)
-        # the confirmation number people write down is the audit row's sequence
-        assert told.confirmation == f"{row.seq:06d}"
+        # the confirmation number people write down stamps the transaction's audit rows
+        assert told.confirmation == f"{row.transaction_id:06d}"
     assert len({told.confirmation for told in results.values()}) == len(numbers)
     return committed
 

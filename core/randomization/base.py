@@ -13,10 +13,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from core.models import Arm, RandomizationEvent, StratumCounter
+from core.models import StratumCounter
+from core.study_config import ArmConfig, EventConfig
 
 # The event-wide counter: numbers for generated methods, and the lock that
 # minimization needs because each assignment depends on all the previous ones.
@@ -26,8 +27,8 @@ EVENT_COUNTER = "#event"
 @dataclass
 class AssignmentContext:
     session: Session
-    event: RandomizationEvent
-    arms: dict[str, Arm]  # by code, in file order
+    event: EventConfig
+    arms: dict[str, ArmConfig]  # by code, in file order
     stratum_key: str
     attributes: dict[str, str]  # factor levels, plus site and cohort
     subject_id: int
@@ -35,7 +36,7 @@ class AssignmentContext:
 
 @dataclass
 class Assignment:
-    arm: Arm
+    arm: ArmConfig
     randomization_number: str
     list_entry_id: int | None = None
     # What an inspector needs to replay the decision (minimization: the totals,
@@ -53,26 +54,43 @@ class ListExhausted(Exception):
     """The stratum's list (or cap of generated entries) has no entry left."""
 
 
+@dataclass
+class Counter:
+    id: int
+    used: int  # including this transaction's uses
+    generated: int
+    blocks: int
+
+
+_counters = StratumCounter.__table__
+_TAKE = (update(_counters)
+         .where(_counters.c.event_id == bindparam("event"),
+                _counters.c.stratum_key == bindparam("key"))
+         .values(used=_counters.c.used + bindparam("count"))
+         .returning(_counters.c.id, _counters.c.used, _counters.c.generated,
+                    _counters.c.blocks))
+_RECORD_GENERATED = (update(_counters).where(_counters.c.id == bindparam("counter"))
+                     .values(generated=bindparam("new_generated"), blocks=bindparam("new_blocks")))
+
+
 def take_counter(session: Session, event_id: int, study_id: int, key: str,
-                 count: int = 1) -> StratumCounter:
+                 count: int = 1) -> Counter:
     """Lock a counter row, creating it on first use, and count ``count`` more uses.
 
     ``UPDATE ... RETURNING`` both increments and locks the row until commit, so
     the k-th transaction to commit is the one that saw ``used == k``.
     """
-    statement = (
-        update(StratumCounter)
-        .where(StratumCounter.event_id == event_id, StratumCounter.stratum_key == key)
-        .values(used=StratumCounter.used + count)
-        .returning(StratumCounter)
-        # the identity map may hold this row from before the UPDATE
-        .execution_options(populate_existing=True, synchronize_session=False)
-    )
-    counter = session.execute(statement).scalar()
-    if counter is None:
+    params = {"event": event_id, "key": key, "count": count}
+    row = session.execute(_TAKE, params).first()
+    if row is None:
         _create_counter(session, event_id, study_id, key)
-        counter = session.execute(statement).scalar_one()
-    return counter
+        row = session.execute(_TAKE, params).one()
+    return Counter(*row)
+
+
+def record_generated(session: Session, counter: Counter) -> None:
+    session.execute(_RECORD_GENERATED, {"counter": counter.id, "new_generated": counter.generated,
+                                        "new_blocks": counter.blocks})
 
 
 def _create_counter(session: Session, event_id: int, study_id: int, key: str) -> None:
@@ -101,7 +119,7 @@ def next_generated_numbers(ctx: AssignmentContext, count: int = 1) -> list[str]:
     return [generated_number(ctx, n) for n in range(counter.used - count + 1, counter.used + 1)]
 
 
-def draw_rng(event: RandomizationEvent, *parts: object) -> random.Random:
+def draw_rng(event: EventConfig, *parts: object) -> random.Random:
     """Seeded (reproducible, for UAT and simulation) when the study gives a seed,
     otherwise the operating system's randomness."""
     seed = event.params.get("seed")
@@ -110,6 +128,6 @@ def draw_rng(event: RandomizationEvent, *parts: object) -> random.Random:
     return random.Random("|".join(str(p) for p in (seed, event.code, *parts)))
 
 
-def ratio_weights(event: RandomizationEvent, arms: dict[str, Arm]) -> list[tuple[Arm, int]]:
+def ratio_weights(event: EventConfig, arms: dict[str, ArmConfig]) -> list[tuple[ArmConfig, int]]:
     ratio = event.ratio or {code: 1 for code in arms}
     return [(arms[code], int(ratio[code])) for code in arms if int(ratio.get(code, 0)) > 0]

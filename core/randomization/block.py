@@ -16,11 +16,13 @@ import random
 
 from sqlalchemy import insert, select
 
-from core.models import ListEntry, RandomizationList, StratumCounter
+from core.models import ListEntry, RandomizationList
 from core.randomization.base import (
     Assignment,
     AssignmentContext,
+    Counter,
     next_generated_numbers,
+    record_generated,
     ratio_weights,
     take_counter,
 )
@@ -48,7 +50,7 @@ class BlockMethod:
         return take_entry(ctx, counter.used)
 
 
-def _generate_block(ctx: AssignmentContext, counter: StratumCounter) -> None:
+def _generate_block(ctx: AssignmentContext, counter: Counter) -> None:
     params = ctx.event.params.get("block") or {}
     weights = [(arm.code, weight) for arm, weight in ratio_weights(ctx.event, ctx.arms)]
     block_index = counter.blocks + 1
@@ -67,7 +69,7 @@ def _generate_block(ctx: AssignmentContext, counter: StratumCounter) -> None:
     ])
     counter.generated += len(codes)
     counter.blocks = block_index
-    ctx.session.flush()
+    record_generated(ctx.session, counter)
 
 
 def _generated_list_id(ctx: AssignmentContext) -> int:

@@ -6,24 +6,29 @@ randomized in a stratum gets the stratum's k-th entry.
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
 from core.clock import utcnow
 from core.models import ListEntry
 from core.randomization.base import Assignment, AssignmentContext, ListExhausted, take_counter
 
 
+_entries = ListEntry.__table__
+_TAKE_ENTRY = (
+    update(_entries)
+    .where(_entries.c.event_id == bindparam("event"), _entries.c.stratum_key == bindparam("key"),
+           _entries.c.position == bindparam("pos"))
+    .values(subject_id=bindparam("subject"), used_at=bindparam("now"))
+    .returning(_entries.c.id, _entries.c.randomization_number, _entries.c.arm_id,
+               _entries.c.block)
+)
+
+
 def take_entry(ctx: AssignmentContext, position: int) -> Assignment:
     """Give the subject the stratum's entry at ``position`` (one UPDATE ... RETURNING)."""
-    row = ctx.session.execute(
-        update(ListEntry)
-        .where(ListEntry.event_id == ctx.event.id, ListEntry.stratum_key == ctx.stratum_key,
-               ListEntry.position == position)
-        .values(subject_id=ctx.subject_id, used_at=utcnow())
-        .returning(ListEntry.id, ListEntry.randomization_number, ListEntry.arm_id,
-                   ListEntry.block)
-        .execution_options(synchronize_session=False)
-    ).first()
+    row = ctx.session.execute(_TAKE_ENTRY, {
+        "event": ctx.event.id, "key": ctx.stratum_key, "pos": position,
+        "subject": ctx.subject_id, "now": utcnow()}).first()
     if row is None:
         raise ListExhausted(ctx.stratum_key)
     arm = next(a for a in ctx.arms.values() if a.id == row.arm_id)

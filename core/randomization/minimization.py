@@ -22,7 +22,8 @@ from statistics import pvariance
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from core.models import Arm, MinimizationCount
+from core.models import MinimizationCount
+from core.study_config import ArmConfig
 from core.randomization.base import (
     Assignment,
     AssignmentContext,
@@ -113,7 +114,7 @@ class MinimizationMethod:
         return counts
 
     @staticmethod
-    def _count(ctx: AssignmentContext, factor_levels: dict[str, str], arm: Arm) -> None:
+    def _count(ctx: AssignmentContext, factor_levels: dict[str, str], arm: ArmConfig) -> None:
         insert = (postgresql.insert if ctx.session.get_bind().dialect.name == "postgresql"
                   else sqlite.insert)
         statement = insert(MinimizationCount).values([

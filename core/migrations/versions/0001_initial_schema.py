@@ -4,10 +4,11 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-23
 """
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
 
 from core import append_only
+
 
 revision = '0001'
 down_revision = None
@@ -24,6 +25,7 @@ def upgrade() -> None:
     sa.Column('languages', sa.JSON(), nullable=False),
     sa.Column('eligibility', sa.JSON(), nullable=False),
     sa.Column('unblinding_mode', sa.String(length=20), nullable=False),
+    sa.Column('config_version', sa.Integer(), server_default='1', nullable=False),
     sa.Column('config', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
@@ -47,6 +49,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('study_id', sa.Integer(), nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('transaction_id', sa.Integer(), nullable=True),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('actor', sa.String(length=60), nullable=False),
     sa.Column('action', sa.String(length=60), nullable=False),
@@ -61,6 +64,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_events')),
     sa.UniqueConstraint('study_id', 'seq', name=op.f('uq_audit_events_study_id_seq'))
     )
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_audit_events_transaction_id'), ['transaction_id'], unique=False)
+
     op.create_table('audit_heads',
     sa.Column('study_id', sa.Integer(), nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
@@ -85,7 +91,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('study_id', sa.Integer(), nullable=False),
     sa.Column('key', sa.String(length=200), nullable=False),
-    sa.Column('operation', sa.String(length=40), nullable=False),
+    sa.Column('operation', sa.String(length=80), nullable=False),
     sa.Column('result', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['study_id'], ['studies.id'], name=op.f('fk_idempotency_records_study_id_studies')),
@@ -425,6 +431,9 @@ def downgrade() -> None:
 
     op.drop_table('depots')
     op.drop_table('audit_heads')
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_audit_events_transaction_id'))
+
     op.drop_table('audit_events')
     with op.batch_alter_table('arms', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_arms_study_id'))
