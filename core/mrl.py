@@ -38,6 +38,7 @@ from core.models import (
     Study,
 )
 from core.randomization.strata import stratum_key
+from core.studies import get_study
 
 NUMBER = re.compile(r"[0-9]{1,20}")  # a keypad identifier that fits the column
 OPTIONAL_COLUMNS = ("block", "cohort")
@@ -75,7 +76,7 @@ def import_mrl(db: Database, path: str | Path, *, study_code: str | None = None,
     raw = _read_bytes(file)
     text = _decode(raw, file)
     with db.transaction() as session:
-        study = _find_study(session, study_code)
+        study = get_study(session, study_code)
         event = _find_event(session, study, event_code)
         rules = ListRules.of(session, study, event)
         rows = ListParser(file, rules).parse(text)
@@ -97,20 +98,6 @@ def _decode(raw: bytes, file: str) -> str:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise FileErrors([FileError(file, line, None, f"not UTF-8 text (byte "
                                                       f"0x{raw[exc.start]:02x})")]) from None
-
-
-def _find_study(session: Session, code: str | None) -> Study:
-    if code is not None:
-        study = session.scalars(select(Study).where(Study.code == code)).one_or_none()
-        if study is None:
-            raise NotFound(f"no study {code!r} is loaded", code="unknown_study")
-        return study
-    studies = session.scalars(select(Study).limit(2)).all()
-    if len(studies) != 1:
-        raise NotFound("no study is loaded: run `ivrs study load FILE.yaml`" if not studies
-                       else "several studies are loaded: say which with --study CODE",
-                       code="no_study" if not studies else "ambiguous_study")
-    return studies[0]
 
 
 def _find_event(session: Session, study: Study, code: str | None) -> RandomizationEvent:

@@ -128,30 +128,24 @@ def users_add(user_id, name, role, sites, phone, language, pin, study) -> None:
     click.echo(f"user {user_id} added; the PIN must be changed at the first call")
 
 
-@users.command("lock")
-@click.argument("user_id")
-@click.option("--reason", default="locked by administrator")
-@study_option
-@handles_errors
-def users_lock(user_id, reason, study) -> None:
-    from core.users import set_locked
+def _lock_command(name: str, locked: bool) -> None:
+    """``users lock`` and ``users unlock``: the same service, the other way round."""
 
-    set_locked(_database(), user_code=user_id, locked=True, actor=ADMIN, reason=reason,
-               study=study)
-    click.echo(f"user {user_id} locked")
+    @users.command(name, help=f"{name.capitalize()} a user (audited).")
+    @click.argument("user_id")
+    @click.option("--reason", default=f"{name}ed by administrator")
+    @study_option
+    @handles_errors
+    def command(user_id, reason, study) -> None:
+        from core.users import set_locked
+
+        set_locked(_database(), user_code=user_id, locked=locked, actor=ADMIN, reason=reason,
+                   study=study)
+        click.echo(f"user {user_id} {name}ed")
 
 
-@users.command("unlock")
-@click.argument("user_id")
-@click.option("--reason", default="unlocked by administrator")
-@study_option
-@handles_errors
-def users_unlock(user_id, reason, study) -> None:
-    from core.users import set_locked
-
-    set_locked(_database(), user_code=user_id, locked=False, actor=ADMIN, reason=reason,
-               study=study)
-    click.echo(f"user {user_id} unlocked")
+_lock_command("lock", True)
+_lock_command("unlock", False)
 
 
 @users.command("reset-pin")
