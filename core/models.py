@@ -175,6 +175,8 @@ class Site(Base):
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     depot_id: Mapped[int | None] = mapped_column(ForeignKey("depots.id"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Days a shipment takes from the site's depot (resupply plans with it).
+    shipping_days: Mapped[int] = mapped_column(default=3, server_default="3")
     # Counter row for subject numbers (site code + 4-digit sequence); updated
     # with UPDATE ... RETURNING so that concurrent screenings never collide.
     last_subject_seq: Mapped[int] = mapped_column(default=0)
@@ -406,3 +408,8 @@ class AuditHead(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
     seq: Mapped[int] = mapped_column(default=0)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# The supply tables live in their own module; importing it here puts them in
+# Base.metadata wherever the model is used (migrations, tests, reports).
+from core.supply import models as _supply_models  # noqa: E402, F401

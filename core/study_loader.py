@@ -64,6 +64,7 @@ from core.randomization.strata import cap_matches, parse_key
 from core.studies import bump_config_version
 from core.study_config import own_config
 from core.study_file import EventDef, StudyDefinition, parse_study_file
+from core.supply.models import Kit, KitType
 
 __all__ = ["LoadResult", "load_study", "parse_study_file"]
 
@@ -129,6 +130,7 @@ class StudyWriter:
         self.sync_phone_numbers()
         arms = self.sync_arms()
         self.sync_events(arms)
+        self.sync_kit_types(arms)
         depots = self.sync_depots()
         sites = self.sync_sites(depots)
         self.remove_depots(depots)
@@ -271,6 +273,41 @@ class StudyWriter:
         if new:
             self.record(action, entity_type, entity_id, old=old, new=new)
         return new
+
+    # --- kit types -------------------------------------------------------------------------
+
+    def sync_kit_types(self, arms: dict[str, Arm]) -> None:
+        """Kit types become rows (kits point at them); their arm is unblinded information."""
+        rows = {kt.code: kt for kt in self.session.scalars(
+            select(KitType).where(KitType.study_id == self.study.id))}
+        for kit_type in self.d.kit_types or []:
+            row = rows.get(kit_type.code)
+            arm = arms[kit_type.arm]
+            if row is None:
+                self.session.add(KitType(study_id=self.study.id, code=kit_type.code,
+                                         arm_id=arm.id))
+                # "kit_type" is an unblinded audit key: blinded views redact it.
+                self.record("kit_type_created", "kit_type", kit_type.code,
+                            new={"kit_type": {"code": kit_type.code, "arm": kit_type.arm}})
+            elif row.arm_id != arm.id:
+                if self.uses(row.id, [(Kit.kit_type_id, "kits")]):
+                    self.error(("kit_types",), f"kit type {kit_type.code!r} has kits: "
+                                               "its arm cannot change")
+                    continue
+                row.arm_id = arm.id
+                self.record("kit_type_updated", "kit_type", kit_type.code,
+                            new={"kit_type": {"code": kit_type.code, "arm": kit_type.arm}})
+        in_file = {kit_type.code for kit_type in self.d.kit_types or []}
+        for code, row in rows.items():
+            if code in in_file:
+                continue
+            if self.uses(row.id, [(Kit.kit_type_id, "kits")]):
+                self.error(("kit_types",), f"kit type {code!r} is no longer in the file "
+                                           "but has kits: it cannot be removed")
+                continue
+            self.session.delete(row)
+            self.record("kit_type_removed", "kit_type", code, old={"kit_type": {"code": code}})
+        self.session.flush()
 
     # --- randomization events ------------------------------------------------------------
 

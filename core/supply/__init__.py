@@ -1,0 +1,1 @@
+"""Trial supply: kits and their lifecycle, shipments, resupply, expiry, visits and dispensing."""

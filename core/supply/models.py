@@ -1,0 +1,188 @@
+"""Supply tables: kit types, lots, kits, shipments, site supply settings, subject
+visits, returns and the notification outbox. Every row belongs to a study.
+
+A kit is in exactly one status and one place at a time: ``depot_id`` while at
+(or back at) a depot, ``shipment_id`` while reserved for or travelling in a
+shipment, ``site_id`` once received, ``subject_id`` once assigned. The status
+moves only through ``core.supply.lifecycle``.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Date, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.models import Base, Timestamp, _now
+
+
+class KitType(Base):
+    __tablename__ = "kit_types"
+    __table_args__ = (UniqueConstraint("study_id", "code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    code: Mapped[str] = mapped_column(String(20))
+    # Unblinded: which arm the kit type treats. Never shown to a blinded role.
+    arm_id: Mapped[int] = mapped_column(ForeignKey("arms.id"))
+
+
+class Lot(Base):
+    __tablename__ = "lots"
+    __table_args__ = (UniqueConstraint("study_id", "kit_type_id", "code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    kit_type_id: Mapped[int] = mapped_column(ForeignKey("kit_types.id"))
+    code: Mapped[str] = mapped_column(String(40))
+    expiry_date: Mapped[date] = mapped_column(Date)
+
+
+class Kit(Base):
+    __tablename__ = "kits"
+    __table_args__ = (
+        UniqueConstraint("study_id", "kit_number"),
+        # dispensing: the site's available kits of a type, earliest expiry first
+        Index(None, "site_id", "status", "kit_type_id", "expiry_date"),
+        Index(None, "depot_id", "status", "kit_type_id", "expiry_date"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    kit_number: Mapped[str] = mapped_column(String(20))
+    kit_type_id: Mapped[int] = mapped_column(ForeignKey("kit_types.id"))
+    lot_id: Mapped[int] = mapped_column(ForeignKey("lots.id"), index=True)
+    expiry_date: Mapped[date] = mapped_column(Date)  # the lot's, kept here for ordering
+    status: Mapped[str] = mapped_column(String(24))
+    depot_id: Mapped[int | None] = mapped_column(ForeignKey("depots.id"))
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"))
+    shipment_id: Mapped[int | None] = mapped_column(ForeignKey("shipments.id"), index=True)
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id"), index=True)
+    visit_code: Mapped[str | None] = mapped_column(String(20))
+    assigned_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    assigned_by: Mapped[str | None] = mapped_column(String(40))
+    confirmed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+
+
+class Shipment(Base):
+    __tablename__ = "shipments"
+    __table_args__ = (UniqueConstraint("study_id", "shipment_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    shipment_number: Mapped[str] = mapped_column(String(20))
+    depot_id: Mapped[int] = mapped_column(ForeignKey("depots.id"))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    # requested -> dispatched -> received; or cancelled before dispatch
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(20))  # initial | resupply | urgent | indent
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    carrier: Mapped[str | None] = mapped_column(String(100))
+    tracking_number: Mapped[str | None] = mapped_column(String(100))
+    dispatched_on: Mapped[date | None] = mapped_column(Date)
+    received_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    received_by: Mapped[str | None] = mapped_column(String(40))
+    temperature_excursion: Mapped[bool] = mapped_column(Boolean, default=False)
+    logger_data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ShipmentKit(Base):
+    """Which kits a shipment carried and what became of each on receipt."""
+
+    __tablename__ = "shipment_kits"
+
+    shipment_id: Mapped[int] = mapped_column(ForeignKey("shipments.id"), primary_key=True)
+    kit_id: Mapped[int] = mapped_column(ForeignKey("kits.id"), primary_key=True)
+    outcome: Mapped[str | None] = mapped_column(String(20))  # received | damaged | missing | quarantined
+
+
+class SiteSupply(Base):
+    """Per site and kit type resupply levels, overriding the study's defaults."""
+
+    __tablename__ = "site_supply"
+    __table_args__ = (UniqueConstraint("site_id", "kit_type_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    kit_type_id: Mapped[int] = mapped_column(ForeignKey("kit_types.id"))
+    trigger: Mapped[int]
+    target: Mapped[int]
+
+
+class SubjectVisit(Base):
+    """A visit that happened (kits dispensed) or was missed (window passed)."""
+
+    __tablename__ = "subject_visits"
+    __table_args__ = (UniqueConstraint("subject_id", "visit_code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id"))
+    visit_code: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))  # done | missed
+    due_on: Mapped[date] = mapped_column(Date)
+    window_start: Mapped[date] = mapped_column(Date)
+    window_end: Mapped[date] = mapped_column(Date)
+    occurred_on: Mapped[date | None] = mapped_column(Date)
+    out_of_window: Mapped[bool] = mapped_column(Boolean, default=False)
+    schedule_version: Mapped[int] = mapped_column(default=1)
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    recorded_by: Mapped[str | None] = mapped_column(String(40))
+
+
+class KitReturn(Base):
+    """Kits a site sends back: declared -> approved (or rejected) -> received -> destroyed."""
+
+    __tablename__ = "kit_returns"
+    __table_args__ = (UniqueConstraint("study_id", "return_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    return_number: Mapped[str] = mapped_column(String(20))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    depot_id: Mapped[int] = mapped_column(ForeignKey("depots.id"))
+    status: Mapped[str] = mapped_column(String(20))
+    declared_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    declared_by: Mapped[str | None] = mapped_column(String(40))
+    decided_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    decided_by: Mapped[str | None] = mapped_column(String(40))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ReturnKit(Base):
+    __tablename__ = "return_kits"
+
+    return_id: Mapped[int] = mapped_column(ForeignKey("kit_returns.id"), primary_key=True)
+    kit_id: Mapped[int] = mapped_column(ForeignKey("kits.id"), primary_key=True)
+    status_before: Mapped[str] = mapped_column(String(24))
+
+
+class Notification(Base):
+    """The outbox: messages for people, written in the transaction that caused them.
+
+    The SMS issue sends them through Twilio; without credentials they stay here
+    (``ivrs outbox``). ``key`` makes each notification happen once.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("study_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))  # expiry_warning | shipment_dispatched | ...
+    audience: Mapped[str] = mapped_column(String(60))  # "role:depot_manager", "user:5001", "site:101"
+    message_id: Mapped[str] = mapped_column(String(60))  # prompt id in locales/
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+__all__ = ["KitType", "Lot", "Kit", "Shipment", "ShipmentKit", "SiteSupply", "SubjectVisit",
+           "KitReturn", "ReturnKit", "Notification"]
