@@ -2,7 +2,13 @@
 
 Lock order inside a randomization (the same everywhere, so none can deadlock):
 study configuration (shared) -> subject row -> cap counters (sorted) -> the
-stratum's counter -> the event counter -> the study's audit chain head.
+stratum's counter -> the event counter -> the first visit's kits (``SKIP
+LOCKED``: never a wait) -> the study's audit chain head.
+
+In a study with kit types and visits, the first randomization also dispenses
+the first visit's kits (SPEC §6.5). The site's stock is checked for every
+arm's kit type before the arm is drawn, so a refusal reveals nothing about
+the arm; that refusal requests an urgent shipment and is committed.
 """
 
 from __future__ import annotations
@@ -13,17 +19,24 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from core.actors import Actor
+from core.clock import today, utcnow
 from core.db import Database
 from core.errors import IvrsError, Refused
-from core.clock import utcnow
 from core.models import Arm, CapCounter, Randomization, RandomizationEvent
 from core.randomization import METHODS, AssignmentContext, ListExhausted
 from core.randomization.strata import cap_matches, stratum_key
 from core.service import service_call
-from core.study_config import EventConfig, StudyConfig, own_config, share_config, study_config
 from core.studies import StudyRef, bump_config_version
+from core.study_config import EventConfig, StudyConfig, own_config, share_config, study_config
 from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, lock_subject_row, record_status
-
+from core.supply.dispensing import (
+    STOCK_REFUSAL,
+    dispense_first_visit,
+    first_visit,
+    refuse_for_stock,
+    site_short_for_any_arm,
+    supply_config,
+)
 
 _INSERT_RANDOMIZATION = insert(Randomization.__table__)
 
@@ -38,6 +51,8 @@ class RandomizationResult:
     arm: str
     confirmation: str | None
     stratum: str = ""
+    kits: tuple[str, ...] = ()  # the first visit's kits (studies that dispense)
+    visit: str | None = None
 
 
 @dataclass
@@ -79,11 +94,14 @@ def randomize(db: Database, *, subject_number: str, actor: Actor,
             else:
                 replay = _randomize(call, config, subject, event_config, answers, factors,
                                     cohort)
+    if replay.get("refused") == "no_stock_at_site":
+        raise Refused(STOCK_REFUSAL.format(site=replay["site"]), code="no_stock_at_site",
+                      site=replay["site"])
     if "refused" in replay:
         raise Refused(f"subject {subject_number} is not eligible: "
                       f"{', '.join(replay['failed'])} answered no",
                       code=replay["refused"], failed=replay["failed"])
-    return RandomizationResult(**replay)
+    return RandomizationResult(**{**replay, "kits": tuple(replay.get("kits") or ())})
 
 
 def _randomize(call, config: StudyConfig, subject, event: EventConfig,
@@ -92,6 +110,14 @@ def _randomize(call, config: StudyConfig, subject, event: EventConfig,
     levels = _check_levels(event, factors)
     cohort = cohort or event.params.get("current_cohort")
     site_code = subject.site_code
+    plan = None
+    if subject.status == SCREENED:  # the first randomization is the first visit
+        supply = supply_config(session, call.study)
+        plan = first_visit(supply, cohort, today())
+        short = plan and site_short_for_any_arm(session, supply, site_code, plan)
+        if short:
+            refuse_for_stock(call, site_code, subject.subject_number, short, plan.randomized_on)
+            return call.finish({"refused": "no_stock_at_site", "site": site_code})
     attributes = {**levels, "site": site_code, **({"cohort": cohort} if cohort else {})}
     key = stratum_key([f.code for f in event.factors], levels,
                       site=site_code if event.stratify_by_site else None, cohort=cohort)
@@ -122,9 +148,15 @@ def _randomize(call, config: StudyConfig, subject, event: EventConfig,
         "stratum": key, "factors": levels, "eligibility": answers,
         "arm": assignment.arm.code, "allocation": assignment.details,
     })
+    dispensed = {}
+    if plan is not None:
+        kits = dispense_first_visit(call, supply, plan, subject_id=subject.id,
+                                    subject_number=subject.subject_number, site_code=site_code,
+                                    arm_id=assignment.arm.id)
+        dispensed = {"kits": kits, "visit": plan.visit.code}
     return call.finish({"subject_number": subject.subject_number, "event": event.code,
                         "randomization_number": assignment.randomization_number,
-                        "arm": assignment.arm.code, "stratum": key})
+                        "arm": assignment.arm.code, "stratum": key, **dispensed})
 
 
 def _event_for(session: Session, config: StudyConfig, subject, code: str | None) -> EventConfig:

@@ -1,6 +1,7 @@
 """Reports as streams of rows (SPEC §8): nothing loads a whole table.
 
-Each report is a function ``(session, study, blinded) -> (columns, rows)`` where
+Each report is a function ``(session, study, blinded) -> (columns, rows)`` (the
+registry by name is ``core.report_registry.REPORTS``) where
 rows is an iterator of tuples fetched in batches. Blinded (the default) leaves
 out every column from which an arm could be derived; the unblinded columns are
 appended at the end, so the blinded report is a prefix of the unblinded one.
@@ -9,7 +10,7 @@ appended at the end, so the blinded report is a prefix of the unblinded one.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
@@ -94,8 +95,3 @@ def randomization(session: Session, study: Study, blinded: bool = True) -> Repor
 
     return columns, rows()
 
-
-REPORTS: dict[str, Callable[[Session, Study, bool], Report]] = {
-    "subjects": subjects,
-    "randomization": randomization,
-}

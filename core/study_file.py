@@ -319,6 +319,12 @@ class SupplyDef(Section):
     do_not_dispense_days: NonNegativeInt = 0
     do_not_ship_days: NonNegativeInt = 0
     default_resupply: ResupplyDef | None = None
+    # kits expiring within this many days are notified (core.supply.expiry)
+    expiry_warning_days: NonNegativeInt = 30
+    # add the kits subjects need for visits due before a shipment can arrive
+    predictive: bool = False
+    # a newly active site's first shipment (default: its resupply target)
+    initial: ResupplyDef | None = None
 
 
 class DepotDef(Section):
@@ -334,6 +340,8 @@ class SiteDef(Section):
     language: Locale | None = None  # default: the study's first language
     timezone: TimeZone
     depot: DepotCode | None = None
+    shipping_days: NonNegativeInt = 3  # depot to site lead time (resupply plans with it)
+    resupply: dict[str, ResupplyDef] = {}  # per kit type code: overrides default_resupply
 
 
 class UserDef(Section):
@@ -356,6 +364,8 @@ class StudyDefinition(Section):
     unblinding: UnblindingDef = UnblindingDef()
     kit_types: list[KitTypeDef] = []
     visits: list[VisitDef] = []
+    # A cohort with its own schedule (subjects randomized in that cohort follow it).
+    visits_by_cohort: dict[Code, list[VisitDef]] = {}
     supply: SupplyDef | None = None
     depots: list[DepotDef] = []
     sites: list[SiteDef] = Field(min_length=1)
@@ -376,6 +386,8 @@ class StudyDefinition(Section):
         return {
             "kit_types": [kit.model_dump(mode="json") for kit in self.kit_types],
             "visits": [visit.model_dump(mode="json") for visit in self.visits],
+            "visits_by_cohort": {cohort: [visit.model_dump(mode="json") for visit in visits]
+                                 for cohort, visits in self.visits_by_cohort.items()},
             "supply": self.supply.model_dump(mode="json") if self.supply else None,
         }
 
@@ -550,16 +562,22 @@ class CrossChecks:
         return False
 
     def check_visits(self) -> None:
-        self.unique([visit.code for visit in self.d.visits], ("visits",), "visit code",
-                    key="code")
-        for index, visit in enumerate(self.d.visits):
+        self.check_schedule(self.d.visits, ("visits",))
+        cohorts = {cohort for event in self.d.randomization for cohort in event.cohorts}
+        for cohort, visits in self.d.visits_by_cohort.items():
+            if self.known(cohort, cohorts, ("visits_by_cohort", cohort), "cohort"):
+                self.check_schedule(visits, ("visits_by_cohort", cohort))
+
+    def check_schedule(self, visits: list[VisitDef], path: PathTuple) -> None:
+        self.unique([visit.code for visit in visits], path, "visit code", key="code")
+        for index, visit in enumerate(visits):
             before, after = visit.window
             if not before <= 0 <= after:
-                self.error(("visits", index, "window"),
+                self.error(path + (index, "window"),
                            f"window [{before}, {after}] must be [days before, days after] "
                            "with days before <= 0 <= days after, e.g. [-3, 3]")
             if visit.dispense and not self.d.kit_types:
-                self.error(("visits", index, "dispense"),
+                self.error(path + (index, "dispense"),
                            f"dispenses {visit.dispense} kit(s) but the study has no kit_types")
 
     def check_supply(self) -> None:
@@ -569,6 +587,10 @@ class CrossChecks:
             self.error(("supply", "default_resupply", "trigger"),
                        f"trigger ({resupply.trigger}) must be below target ({resupply.target}): "
                        "a site is resupplied up to target when its stock falls to trigger")
+        initial = supply.initial if supply else None
+        if initial and initial.target < 1:
+            self.error(("supply", "initial", "target"),
+                       "the initial shipment's target must be at least 1")
 
     def check_sites(self) -> None:
         depots = {depot.code for depot in self.d.depots}
@@ -578,6 +600,18 @@ class CrossChecks:
             if site.depot is not None:
                 self.known(site.depot, depots, path + ("depot",), "depot")
             self.check_language(site.language, path + ("language",))
+            self.check_site_resupply(site, path)
+
+    def check_site_resupply(self, site: SiteDef, path: PathTuple) -> None:
+        kit_types = [kit.code for kit in self.d.kit_types]
+        for code, levels in site.resupply.items():
+            where = path + ("resupply", code)
+            if not self.known(code, kit_types, where, "kit type"):
+                continue
+            if levels.trigger >= levels.target:
+                self.error(where + ("trigger",),
+                           f"trigger ({levels.trigger}) must be below target ({levels.target}): "
+                           "a site is resupplied up to target when its stock falls to trigger")
 
     def check_language(self, language: str | None, path: PathTuple) -> None:
         if language is not None and language not in self.languages:

@@ -64,12 +64,12 @@ from core.randomization.strata import cap_matches, parse_key
 from core.studies import bump_config_version
 from core.study_config import own_config
 from core.study_file import EventDef, StudyDefinition, parse_study_file
-from core.supply.models import Kit, KitType
+from core.supply.models import Kit, KitType, SiteSupply
 
 __all__ = ["LoadResult", "load_study", "parse_study_file"]
 
 # Study.config holds these sections of the file, as validated.
-CONFIG_SECTIONS = ("kit_types", "visits", "supply")
+CONFIG_SECTIONS = ("kit_types", "visits", "visits_by_cohort", "supply")
 
 
 @dataclass
@@ -130,9 +130,11 @@ class StudyWriter:
         self.sync_phone_numbers()
         arms = self.sync_arms()
         self.sync_events(arms)
+        self.remove_site_supply()  # before kit types: an override may name a removed one
         self.sync_kit_types(arms)
         depots = self.sync_depots()
         sites = self.sync_sites(depots)
+        self.sync_site_supply(sites)
         self.remove_depots(depots)
         self.sync_users(sites)
         if self.errors:
@@ -492,7 +494,8 @@ class StudyWriter:
         depot_codes = {depot.id: code for code, depot in depots.items()}
         for site in self.d.sites:
             wanted = {"name": site.name, "country": site.country, "language": site.language,
-                      "timezone": site.timezone, "depot": site.depot, "active": True}
+                      "timezone": site.timezone, "depot": site.depot,
+                      "shipping_days": site.shipping_days, "active": True}
             row = rows.get(site.code)
             if row is None:
                 rows[site.code] = row = Site(study_id=self.study.id, code=site.code)
@@ -503,7 +506,7 @@ class StudyWriter:
                 continue
             current = {"name": row.name, "country": row.country, "language": row.language,
                        "timezone": row.timezone, "depot": depot_codes.get(row.depot_id),
-                       "active": row.active}
+                       "shipping_days": row.shipping_days, "active": row.active}
             old, new = _diff(current, wanted)
             if new:
                 self.set_site(row, new, depots)
@@ -514,6 +517,53 @@ class StudyWriter:
                 self.deactivate_site(row)
         self.session.flush()
         return rows
+
+    def wanted_site_supply(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(site code, kit type code) -> levels, as the file's ``sites[i].resupply`` says."""
+        return {(site.code, code): {"trigger": levels.trigger, "target": levels.target}
+                for site in self.d.sites for code, levels in site.resupply.items()}
+
+    def remove_site_supply(self) -> None:
+        """Drop the per-site levels the file no longer gives (audited)."""
+        wanted = self.wanted_site_supply()
+        rows = self.session.execute(
+            select(SiteSupply, Site.code, KitType.code)
+            .join(Site, Site.id == SiteSupply.site_id)
+            .join(KitType, KitType.id == SiteSupply.kit_type_id)
+            .where(SiteSupply.study_id == self.study.id)).all()
+        for row, site_code, kit_code in rows:
+            if (site_code, kit_code) not in wanted:
+                self.session.delete(row)
+                self.record("site_supply_removed", "site", site_code, old={
+                    "kit_type": {"code": kit_code, "trigger": row.trigger,
+                                 "target": row.target}})
+        self.session.flush()
+
+    def sync_site_supply(self, sites: dict[str, Site]) -> None:
+        """Per-site resupply levels (``sites[i].resupply``) as ``SiteSupply`` rows.
+
+        The levels name a kit type, so they are audited under the unblinded
+        ``kit_type`` key (a blinded reader sees that a site's levels changed).
+        Removals happen earlier (``remove_site_supply``).
+        """
+        kit_types = {kt.code: kt.id for kt in self.session.scalars(
+            select(KitType).where(KitType.study_id == self.study.id))}
+        rows = {(row.site_id, row.kit_type_id): row for row in self.session.scalars(
+            select(SiteSupply).where(SiteSupply.study_id == self.study.id))}
+        for (site_code, code), levels in self.wanted_site_supply().items():
+            key = (sites[site_code].id, kit_types[code])
+            row = rows.get(key)
+            if row is None:
+                self.session.add(SiteSupply(study_id=self.study.id, site_id=key[0],
+                                            kit_type_id=key[1], **levels))
+                self.record("site_supply_set", "site", site_code,
+                            new={"kit_type": {"code": code, **levels}})
+            elif (row.trigger, row.target) != (levels["trigger"], levels["target"]):
+                old = {"code": code, "trigger": row.trigger, "target": row.target}
+                row.trigger, row.target = levels["trigger"], levels["target"]
+                self.record("site_supply_set", "site", site_code,
+                            old={"kit_type": old}, new={"kit_type": {"code": code, **levels}})
+        self.session.flush()
 
     @staticmethod
     def set_site(row: Site, values: dict[str, Any], depots: dict[str, Depot]) -> None:

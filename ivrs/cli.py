@@ -170,8 +170,9 @@ def users_reset_pin(user_id, pin, study) -> None:
 @study_option
 @handles_errors
 def report(name, fmt, out, unblinded, user_code, study) -> None:
-    """Print a report (SPEC §8): subjects, randomization."""
-    from core.reports import REPORTS
+    """Print a report (SPEC §8): subjects, randomization, dispensing, kits,
+    site-inventory, depot-inventory, shipments."""
+    from core.report_registry import REPORTS
     from core.studies import get_study
 
     if name not in REPORTS:
@@ -244,6 +245,10 @@ def demo(directory: str | None) -> None:
     from ivrs.demo import run_demo
 
     run_demo(directory or "ivrs-demo", echo=click.echo)
+
+
+import ivrs.cli_supply  # noqa: E402,F401  (registers `kits` and `shipments`)
+import ivrs.cli_jobs  # noqa: E402,F401  (registers `supply run` and `outbox`)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,11 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import random
+from datetime import date, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
+from core.clock import today
 from core.mrl import import_mrl
+from core.supply.kit_import import import_kits
 
 from core.actors import Actor
 from core.audit import verify
@@ -49,6 +52,25 @@ def write_demo_mrl(path: Path, per_stratum: int = 30, seed: int = 301) -> None:
                     writer.writerow([number, arm, sex, age, f"{sex}{age}-{block + 1}"])
 
 
+def write_demo_kits(path: Path, expiry: date, seed: int = 302) -> None:
+    """A kit list (SPEC §5): stock at the depot and a first supply at sites 101 and 102.
+
+    Kit numbers are random digits, so that they say nothing about the kit type.
+    """
+    rng = random.Random(seed)
+    numbers = rng.sample(range(100000, 999999), 60)
+    rows = []
+    for location, per_type in (("101", 3), ("102", 3), ("90", 24)):
+        for kit_type, lot in (("KA", "LA1"), ("KP", "LP1")):
+            rows += [(kit_type, lot, location)] * per_type
+    rng.shuffle(rows)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["kit_number", "kit_type", "lot", "expiry_date", "location"])
+        for number, (kit_type, lot, location) in zip(numbers, rows):
+            writer.writerow([number, kit_type, lot, expiry.isoformat(), location])
+
+
 def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
     workdir = Path(directory)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +91,10 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
     echo(f"Loaded study {loaded.study_code} from {study_file}")
     imported = import_mrl(db, mrl_file, study_code=STUDY_CODE)
     echo(f"Imported the randomization list: {imported.rows} entries in {imported.strata} strata")
+    kits_file = workdir / "kits.csv"
+    write_demo_kits(kits_file, today() + timedelta(days=730))
+    import_kits(db, kits_file, study_code=STUDY_CODE)
+    echo(f"Imported the kit list {kits_file}: stock at depot 90 and at sites 101 and 102")
 
     # Site staff act as themselves: the coordinator in Paris, the investigator in Barcelona.
     paris = Actor(role="site_coordinator", user_code="5001", site_codes=frozenset({"101"}),
@@ -90,7 +116,8 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
                            study=STUDY_CODE, eligibility=yes, factors=factors)
         # What the site hears: the number, never the arm (the study is blinded).
         echo(f"[site {site}, user {actor.user_code}] randomized {result.subject_number}: "
-             f"randomization number {result.randomization_number} "
+             f"randomization number {result.randomization_number}, "
+             f"kit(s) {', '.join(result.kits) or 'none'} for visit {result.visit} "
              f"(confirmation {result.confirmation})")
 
     echo("")

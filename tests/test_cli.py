@@ -60,7 +60,10 @@ def test_reports_are_blinded_unless_an_unblinded_user_signs(loaded, db):
     from core.actors import ADMIN
     from core.randomize import randomize
     from core.subjects import screen_subject
+    from core.supply.kit_import import import_kits
+    from studyfiles import DATA
 
+    import_kits(db, DATA / "kits.csv")  # site 101 must hold kits to randomize (V1)
     subject = screen_subject(db, site_code="101", actor=ADMIN)
     randomize(db, subject_number=subject.subject_number, actor=ADMIN,
               eligibility={"INC1": True, "INC2": True, "EXC1": True},

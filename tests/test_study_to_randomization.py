@@ -10,10 +10,23 @@ from core.randomization.block import block_arms
 from core.randomize import randomize
 from core.study_loader import load_study
 from core.subjects import screen_subject
-from studyfiles import write_study
+import studyfiles
 
 YES = {"INC1": True, "INC2": True, "EXC1": True}
 M_LT65 = {"SEX": "M", "AGE": "LT65"}
+# The example study with randomization alone (SPEC §4: no kit types, nothing
+# dispensed): these tests are about randomization, so no site needs stock.
+RANDOMIZATION_ONLY = (
+    ("kit_types:\n  - {code: KA, arm: A}\n  - {code: KP, arm: P}\n", ""),
+    ("  - {code: V1, day: 0, window: [0, 0], dispense: 1}\n"
+     "  - {code: V2, day: 28, window: [-3, 3], dispense: 2}\n"
+     "  - {code: V3, day: 56, window: [-3, 3], dispense: 2}\n", ""),
+    ("visits:\n", ""),
+)
+
+
+def write_study(tmp_path, *replacements, **options):
+    return studyfiles.write_study(tmp_path, *RANDOMIZATION_ONLY, *replacements, **options)
 
 
 def enroll(db, site: str, factors=M_LT65):

@@ -44,9 +44,10 @@ class Kit(Base):
     __tablename__ = "kits"
     __table_args__ = (
         UniqueConstraint("study_id", "kit_number"),
-        # dispensing: the site's available kits of a type, earliest expiry first
-        Index(None, "site_id", "status", "kit_type_id", "expiry_date"),
-        Index(None, "depot_id", "status", "kit_type_id", "expiry_date"),
+        # picking: a place's kits of a type in a status, earliest expiry first
+        # (kit number breaks ties, so the index serves the whole ORDER BY)
+        Index(None, "site_id", "status", "kit_type_id", "expiry_date", "kit_number"),
+        Index(None, "depot_id", "status", "kit_type_id", "expiry_date", "kit_number"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -153,10 +153,10 @@ def upgrade() -> None:
     sa.UniqueConstraint('study_id', 'kit_number', name=op.f('uq_kits_study_id_kit_number'))
     )
     with op.batch_alter_table('kits', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_kits_depot_id'), ['depot_id', 'status', 'kit_type_id', 'expiry_date'], unique=False)
+        batch_op.create_index(batch_op.f('ix_kits_depot_id'), ['depot_id', 'status', 'kit_type_id', 'expiry_date', 'kit_number'], unique=False)
         batch_op.create_index(batch_op.f('ix_kits_lot_id'), ['lot_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_kits_shipment_id'), ['shipment_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_kits_site_id'), ['site_id', 'status', 'kit_type_id', 'expiry_date'], unique=False)
+        batch_op.create_index(batch_op.f('ix_kits_site_id'), ['site_id', 'status', 'kit_type_id', 'expiry_date', 'kit_number'], unique=False)
         batch_op.create_index(batch_op.f('ix_kits_study_id'), ['study_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_kits_subject_id'), ['subject_id'], unique=False)
 

@@ -1,0 +1,172 @@
+"""``ivrs kits`` and ``ivrs shipments``: the supply side of the command line (SPEC §2).
+
+Thin shells over the core services, acting as the administrator at the
+console (the audit trail names the CLI). Output is blinded: shipments are
+shown with their number of kits, never their content per kit type.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import click
+
+from core.actors import ADMIN
+from core.errors import IvrsError
+from ivrs.cli import _database, handles_errors, main, study_option, write_csv
+
+
+@main.group()
+def kits() -> None:
+    """Kit lists."""
+
+
+@kits.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@study_option
+@handles_errors
+def kits_import(path: str, study: str | None) -> None:
+    """Import a kit list: kit_number,kit_type,lot,expiry_date,location (all or nothing)."""
+    from core.supply.kit_import import import_kits
+
+    result = import_kits(_database(), path, study_code=study)
+    click.echo(f"imported {result.rows} kits ({result.lots} new lots)")
+
+
+@main.group()
+def shipments() -> None:
+    """Shipments from depots to sites."""
+
+
+STATUSES = ["requested", "dispatched", "received", "cancelled"]
+
+
+@shipments.command("list")
+@click.option("--site", default=None, help="Only shipments to this site.")
+@click.option("--status", type=click.Choice(STATUSES), default=None)
+@study_option
+@handles_errors
+def shipments_list(site: str | None, status: str | None, study: str | None) -> None:
+    """Shipments as CSV, newest first (blinded: number of kits only)."""
+    import sys
+
+    from core.studies import get_study
+    from core.supply.reports import shipments as shipments_report
+
+    with _database().sessions() as session:
+        columns, rows = shipments_report(session, get_study(session, study), True, site=site,
+                                         status=status)
+        write_csv(sys.stdout, columns, rows)
+
+
+@shipments.command("request")
+@click.option("--site", required=True, help="The site asking for stock.")
+@click.option("--per-type", type=int, default=None,
+              help="Kits of every kit type (default: the resupply target).")
+@study_option
+@handles_errors
+def shipments_request(site: str, per_type: int | None, study: str | None) -> None:
+    """A stock indent for a site, the same number of kits of every type."""
+    from core.supply.shipments import request_shipment
+
+    result = request_shipment(_database(), site_code=site, kits_per_type=per_type,
+                              actor=ADMIN, study=study)
+    click.echo(f"shipment {result.shipment_number} requested: {result.kits} kits from depot "
+               f"{result.depot} to site {result.site} (confirmation {result.confirmation})")
+
+
+@shipments.command("dispatch")
+@click.argument("number")
+@click.option("--carrier", required=True)
+@click.option("--tracking", required=True, help="The carrier's tracking number.")
+@click.option("--date", "on", default=None, metavar="YYYY-MM-DD",
+              help="Dispatch date (default: today).")
+@study_option
+@handles_errors
+def shipments_dispatch(number: str, carrier: str, tracking: str, on: str | None,
+                       study: str | None) -> None:
+    """Hand a shipment to the carrier: its kits go in transit; the site is notified."""
+    from core.supply.shipments import dispatch_shipment
+
+    result = dispatch_shipment(_database(), shipment_number=number, carrier=carrier,
+                               tracking_number=tracking, dispatched_on=_date(on),
+                               actor=ADMIN, study=study)
+    click.echo(f"shipment {result.shipment_number} dispatched: {result.kits} kits to site "
+               f"{result.site} (confirmation {result.confirmation})")
+
+
+@shipments.command("cancel")
+@click.argument("number")
+@click.option("--reason", required=True)
+@study_option
+@handles_errors
+def shipments_cancel(number: str, reason: str, study: str | None) -> None:
+    """Cancel a shipment not yet dispatched: its kits return to the depot's stock."""
+    from core.supply.shipments import cancel_shipment
+
+    result = cancel_shipment(_database(), shipment_number=number, reason=reason, actor=ADMIN,
+                             study=study)
+    click.echo(f"shipment {result.shipment_number} cancelled: {result.kits} kits back at "
+               f"depot {result.depot} (confirmation {result.confirmation})")
+
+
+@shipments.command("receive")
+@click.argument("number")
+@click.option("--damaged", multiple=True, metavar="KIT", help="A damaged kit (repeatable).")
+@click.option("--missing", multiple=True, metavar="KIT", help="A missing kit (repeatable).")
+@click.option("--excursion", is_flag=True, help="Temperature excursion: quarantine the kits.")
+@click.option("--logger-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Temperature logger data (JSON or text) for an excursion.")
+@study_option
+@handles_errors
+def shipments_receive(number, damaged, missing, excursion, logger_file, study) -> None:
+    """Record a shipment's receipt at its site (what a site user does by phone)."""
+    from core.supply.receipt import receive_shipment
+
+    logger = None
+    if logger_file:
+        if not excursion:
+            raise IvrsError("--logger-file goes with --excursion")
+        try:
+            logger = Path(logger_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IvrsError(f"cannot read {logger_file}: {exc}") from None
+    result = receive_shipment(_database(), shipment_number=number, damaged=damaged,
+                              missing=missing, temperature_excursion=excursion,
+                              logger_data=logger, actor=ADMIN, study=study)
+    click.echo(f"shipment {result.shipment_number} received at site {result.site}: "
+               f"{result.received} available, {result.quarantined} quarantined, "
+               f"{result.damaged} damaged, {result.missing} missing "
+               f"(confirmation {result.confirmation})")
+
+
+def _quarantine_command(name: str) -> None:
+    """``shipments release`` and ``shipments reject``: one decision, two outcomes."""
+
+    @shipments.command(name, help=f"{name.capitalize()} a shipment's quarantined kits.")
+    @click.argument("number")
+    @click.option("--reason", default=None)
+    @study_option
+    @handles_errors
+    def command(number: str, reason: str | None, study: str | None) -> None:
+        from core.supply import receipt
+
+        decide = receipt.release_quarantine if name == "release" else receipt.reject_quarantine
+        result = decide(_database(), shipment_number=number, reason=reason, actor=ADMIN,
+                        study=study)
+        click.echo(f"shipment {number}: {result.kits} kits {result.status} "
+                   f"(confirmation {result.confirmation})")
+
+
+_quarantine_command("release")
+_quarantine_command("reject")
+
+
+def _date(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise IvrsError(f"--date {value!r} is not a date (YYYY-MM-DD)") from None
