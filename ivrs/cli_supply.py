@@ -170,3 +170,110 @@ def _date(value: str | None) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise IvrsError(f"--date {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+# --- returns: site -> depot, then destruction (core.supply.returns) ---------------------------
+
+
+@main.group()
+def returns() -> None:
+    """Kit returns: declared by a site, approved by the project manager, received and
+    destroyed at the depot."""
+
+
+RETURN_STATUSES = ["declared", "approved", "rejected", "received", "destroyed"]
+
+
+@returns.command("list")
+@click.option("--site", default=None, help="Only returns from this site.")
+@click.option("--status", type=click.Choice(RETURN_STATUSES), default=None)
+@study_option
+@handles_errors
+def returns_list(site: str | None, status: str | None, study: str | None) -> None:
+    """Returns as CSV, newest first (blinded: number of kits only)."""
+    import sys
+
+    from core.studies import get_study
+    from core.supply.returns import list_returns
+
+    columns = ["return_number", "site", "depot", "status", "kits", "declared_at",
+               "declared_by", "decided_at", "decided_by", "reason"]
+    with _database().sessions() as session:
+        rows = list_returns(session, get_study(session, study).id, status=status, site=site)
+        write_csv(sys.stdout, columns, [
+            [getattr(row, column) for column in columns] for row in rows])
+
+
+@returns.command("declare")
+@click.option("--site", required=True, help="The site sending the kits back.")
+@click.option("--kit", "kit_numbers", multiple=True, required=True, metavar="KIT",
+              help="A kit to return (repeatable).")
+@click.option("--reason", required=True)
+@study_option
+@handles_errors
+def returns_declare(site: str, kit_numbers: tuple[str, ...], reason: str,
+                    study: str | None) -> None:
+    """Declare a site's unused or returned kits for return to its depot."""
+    from core.supply.returns import declare_return
+
+    result = declare_return(_database(), site_code=site, kit_numbers=kit_numbers,
+                            reason=reason, actor=ADMIN, study=study)
+    click.echo(f"return {result.return_number} declared: {result.kits} kits from site "
+               f"{result.site} to depot {result.depot} (confirmation {result.confirmation})")
+
+
+@returns.command("approve")
+@click.argument("number")
+@study_option
+@handles_errors
+def returns_approve(number: str, study: str | None) -> None:
+    """Approve a declared return (not one declared at this console: four eyes)."""
+    from core.supply.returns import approve_return
+
+    result = approve_return(_database(), return_number=number, actor=ADMIN, study=study)
+    click.echo(f"return {result.return_number} approved: site {result.site} may send "
+               f"{result.kits} kits to depot {result.depot} "
+               f"(confirmation {result.confirmation})")
+
+
+@returns.command("reject")
+@click.argument("number")
+@click.option("--reason", required=True)
+@study_option
+@handles_errors
+def returns_reject(number: str, reason: str, study: str | None) -> None:
+    """Reject a declared return: its kits stay at the site."""
+    from core.supply.returns import reject_return
+
+    result = reject_return(_database(), return_number=number, reason=reason, actor=ADMIN,
+                           study=study)
+    click.echo(f"return {result.return_number} rejected: {result.kits} kits stay at site "
+               f"{result.site} (confirmation {result.confirmation})")
+
+
+@returns.command("receive")
+@click.argument("number")
+@study_option
+@handles_errors
+def returns_receive(number: str, study: str | None) -> None:
+    """Record an approved return's arrival at the depot."""
+    from core.supply.returns import receive_return
+
+    result = receive_return(_database(), return_number=number, actor=ADMIN, study=study)
+    click.echo(f"return {result.return_number} received: {result.kits} kits at depot "
+               f"{result.depot} (confirmation {result.confirmation})")
+
+
+@returns.command("destroy")
+@click.argument("number")
+@click.option("--reason", default=None, help="Why / how (e.g. incineration certificate).")
+@study_option
+@handles_errors
+def returns_destroy(number: str, reason: str | None, study: str | None) -> None:
+    """Record the destruction of a received return's kits."""
+    from core.supply.returns import destroy_kits
+
+    result = destroy_kits(_database(), return_number=number, reason=reason, actor=ADMIN,
+                          study=study)
+    closed = f"; return {number} closed" if result.returns_closed else ""
+    click.echo(f"{result.kits} kits destroyed{closed} (confirmation {result.confirmation})")
