@@ -11,26 +11,33 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
+from contextlib import contextmanager
 from datetime import date, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
-from core.clock import today
-from core.mrl import import_mrl
-from core.supply.kit_import import import_kits
-
 from core.actors import Actor
 from core.audit import verify
+from core.clock import today
 from core.db import Database
 from core.errors import IvrsError
 from core.migrate import upgrade
+from core.mrl import import_mrl
 from core.randomize import randomize
 from core.reports import subjects as subjects_report
 from core.studies import get_study
 from core.study_loader import load_study
 from core.subjects import record_screen_failure, screen_subject
+from core.supply.dispensing import dispense
+from core.supply.dispensing_report import dispensing as dispensing_report
+from core.supply.kit_import import import_kits
+from core.supply.receipt import receive_shipment
+from core.supply.reports import site_inventory
+from core.supply.resupply import run_resupply
+from core.supply.shipments import dispatch_shipment
 
 STUDY_CODE = "DEMO-301"
 STRATA = [("M", "LT65"), ("M", "GE65"), ("F", "LT65"), ("F", "GE65")]
@@ -69,6 +76,67 @@ def write_demo_kits(path: Path, expiry: date, seed: int = 302) -> None:
         writer.writerow(["kit_number", "kit_type", "lot", "expiry_date", "location"])
         for number, (kit_type, lot, location) in zip(numbers, rows):
             writer.writerow([number, kit_type, lot, expiry.isoformat(), location])
+
+
+def _csv(columns, rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue().rstrip("\n")
+
+
+@contextmanager
+def days_later(days: int):
+    """UAT time travel (SPEC §2 IVRS_TODAY): the system takes today + days as today."""
+    previous = os.environ.get("IVRS_TODAY")
+    start = date.fromisoformat(previous) if previous else today()
+    os.environ["IVRS_TODAY"] = (start + timedelta(days=days)).isoformat()
+    try:
+        yield today()
+    finally:
+        if previous is None:
+            os.environ.pop("IVRS_TODAY", None)
+        else:
+            os.environ["IVRS_TODAY"] = previous
+
+
+def play_supply(db: Database, echo: Callable[[str], None], paris: Actor) -> None:
+    """The supply half: resupply, a shipment dispatched and received, visits."""
+    depot = Actor(role="depot_manager", user_code="7001", channel="demo")
+    echo("")
+    echo("== supply run (resupply job)")
+    shipments = run_resupply(db, study=STUDY_CODE)
+    for shipment in shipments:
+        echo(f"shipment {shipment.shipment_number} to site {shipment.site}: {shipment.kits} kits"
+             f" ({shipment.reason})")
+    for shipment in shipments:
+        dispatch_shipment(db, shipment_number=shipment.shipment_number, carrier="DHL",
+                          tracking_number=f"JD0146{shipment.shipment_number}", actor=depot,
+                          study=STUDY_CODE)
+        echo(f"[depot 90, user 7001] dispatched shipment {shipment.shipment_number} with DHL")
+    to_paris = next((s for s in shipments if s.site == "101"), None)
+    if to_paris is not None:
+        received = receive_shipment(db, shipment_number=to_paris.shipment_number, actor=paris,
+                                    study=STUDY_CODE)
+        echo(f"[site 101, user 5001] shipment {received.shipment_number} received: "
+             f"{received.received} kits in good condition "
+             f"(confirmation {received.confirmation})")
+
+    echo("")
+    with days_later(28) as day:
+        visit = dispense(db, subject_number="1010001", actor=paris, study=STUDY_CODE)
+        echo(f"[{day}] [site 101] subject 1010001 visit {visit.visit}: kit(s) "
+             f"{', '.join(visit.kits)} (confirmation {visit.confirmation})")
+    with days_later(56) as day:
+        visit = dispense(db, subject_number="1010002", actor=paris, study=STUDY_CODE)
+        missed = f"; missed and skipped: {', '.join(visit.missed)}" if visit.missed else ""
+        echo(f"[{day}] [site 101] subject 1010002 visit {visit.visit}: kit(s) "
+             f"{', '.join(visit.kits)}{missed} (confirmation {visit.confirmation})")
+        later = run_resupply(db, study=STUDY_CODE)
+        for shipment in later:
+            echo(f"[{day}] supply run: stock at site {shipment.site} reached its trigger, "
+                 f"shipment {shipment.shipment_number} of {shipment.kits} kits requested")
 
 
 def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
@@ -138,16 +206,17 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
     except IvrsError as refused:
         echo(f"[site 101] user 5001 tried subject 1020001 of another site: {refused}")
 
+    play_supply(db, echo, paris)
+
     echo("")
-    echo("== subjects report (blinded)")
     with db.sessions() as session:
         study = get_study(session, STUDY_CODE)
-        columns, rows = subjects_report(session, study, blinded=True)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        echo(buffer.getvalue().rstrip("\n"))
+        for title, report in (("subjects", subjects_report), ("site-inventory", site_inventory),
+                              ("dispensing", dispensing_report)):
+            echo(f"== {title} report (blinded)")
+            columns, rows = report(session, study, True)
+            echo(_csv(columns, rows))
+            echo("")
         problem = verify(session, study.id)
     echo("")
     echo("== audit chain: " + ("intact" if problem is None else f"BROKEN: {problem}"))

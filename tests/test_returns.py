@@ -15,7 +15,7 @@ from sqlalchemy import select
 from studyfiles import DATA, MRL_CSV, STUDY_YAML, snapshot
 
 from core.actors import ADMIN, Actor, actor_for_user
-from core.audit import blinded, verify
+from core.audit import AuditLog, blinded, verify
 from core.errors import NotFound, Refused
 from core.models import AuditEvent, Depot, Site, Study
 from core.mrl import import_mrl
@@ -23,7 +23,7 @@ from core.randomize import randomize
 from core.study_loader import load_study
 from core.subjects import screen_subject
 from core.supply.kit_import import import_kits
-from core.supply.kits import apply_move, lock_kits
+from core.supply.kits import apply_move
 from core.supply.models import Kit, KitReturn, Notification, ReturnKit
 from core.supply.receipt import receive_shipment
 from core.supply.returns import (
@@ -336,25 +336,20 @@ def test_a_kit_used_after_the_declaration_blocks_approval(site101):
     unused = kits_at(db, "101")
     number = declare_return(db, site_code="101", kit_numbers=unused[:1], reason="r",
                             actor=user(db, "5001")).return_number
-    with db.transaction() as session:  # e.g. dispensed meanwhile (the lifecycle allows it)
-        (row,) = lock_kits(session, kit(db, unused[0]).study_id, unused[:1]).values()
-        apply_move(_audit(session), row, "assign")
+    _move(db, unused[0], "assign")  # e.g. dispensed meanwhile (the lifecycle allows it)
     before = snapshot(db)
     with pytest.raises(Refused, match=f"kit {unused[0]} of return {number} is now assigned"):
         approve_return(db, return_number=number, actor=user(db, "5006"))
     assert snapshot(db) == before
 
 
-def _audit(session):
-    """An audit log for a direct test-only move; sealed so the chain stays whole."""
-    from core.audit import AuditLog
-
-    class Sealing(AuditLog):
-        def record(self, *args, **kwargs):
-            super().record(*args, **kwargs)
-            self.seal(session)
-
-    return Sealing(session.scalars(select(Study.id)).one(), "test")
+def _move(db, number: str, trigger: str) -> None:
+    """A direct, audited kit move (what another service, e.g. the expiry job, does)."""
+    with db.transaction() as session:
+        row = session.scalars(select(Kit).where(Kit.kit_number == number)).one()
+        audit = AuditLog(row.study_id, "test")
+        apply_move(audit, row, trigger, reason="test")
+        audit.seal(session)
 
 
 def test_quarantined_and_damaged_kits_go_back_and_expired_depot_kits_are_destroyed(db):
@@ -385,9 +380,7 @@ def test_quarantined_and_damaged_kits_go_back_and_expired_depot_kits_are_destroy
     with db.sessions() as session:
         depot_kit = session.scalars(select(Kit.kit_number).where(
             Kit.status == "at_depot").order_by(Kit.kit_number)).first()
-    with db.transaction() as session:
-        (row,) = lock_kits(session, kit(db, depot_kit).study_id, [depot_kit]).values()
-        apply_move(_audit(session), row, "expire")
+    _move(db, depot_kit, "expire")
     result = destroy_kits(db, kit_numbers=[depot_kit], actor=ADMIN)
     assert result.kits == 1 and kit(db, depot_kit).status == "destroyed"
     chain_ok(db)
