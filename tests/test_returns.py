@@ -474,3 +474,28 @@ def test_cli_returns(site101, database_env):
         assert secret not in result.output
     result = run("returns", "list", "--status", "rejected")
     assert len(list(csv.DictReader(io.StringIO(result.output)))) == 1
+
+
+
+def test_kits_declared_for_return_are_not_dispensed_or_counted(site101):
+    """A kit the site has declared for return stays at the site but is out of use."""
+    from sqlalchemy import func
+
+    from core.supply.dispensing import pick_kits
+    from core.supply.kits import not_in_open_return
+
+    db, _, _ = site101
+    declared = kits_at(db, "101")[0]
+    declare_return(db, site_code="101", kit_numbers=[declared], reason="unused",
+                   actor=user(db, "5001"))
+    with db.sessions() as s:
+        kit = s.scalars(select(Kit).where(Kit.kit_number == declared)).one()
+        same_type = s.scalar(select(func.count()).select_from(Kit).where(
+            Kit.site_id == kit.site_id, Kit.status == "available",
+            Kit.kit_type_id == kit.kit_type_id))
+        usable = s.scalar(select(func.count()).select_from(Kit).where(
+            Kit.site_id == kit.site_id, Kit.status == "available",
+            Kit.kit_type_id == kit.kit_type_id, not_in_open_return()))
+        picked = pick_kits(s, kit.study_id, kit.site_id, kit.kit_type_id, 10, date(2000, 1, 1))
+    assert usable == same_type - 1
+    assert declared not in {k.kit_number for k in picked} and len(picked) == usable

@@ -41,7 +41,7 @@ from core.models import Site, Study, Subject
 from core.service import ServiceCall, service_call
 from core.studies import StudyRef
 from core.subjects import DISCONTINUED, RANDOMIZED
-from core.supply.kits import apply_move, lock_kits
+from core.supply.kits import apply_move, lock_kits, not_in_open_return
 from core.supply.lifecycle import ASSIGNED, AVAILABLE, DISPENSED
 from core.supply.models import Kit, KitType
 from core.supply.visits import (
@@ -122,7 +122,7 @@ def pick_kits(session: Session, study_id: int, site_id: int, kit_type_id: int, c
     return list(session.scalars(
         select(Kit).where(Kit.study_id == study_id, Kit.site_id == site_id,
                           Kit.status == AVAILABLE, Kit.kit_type_id == kit_type_id,
-                          Kit.expiry_date > latest_unusable)
+                          Kit.expiry_date > latest_unusable, not_in_open_return())
         .order_by(Kit.expiry_date, Kit.kit_number).limit(count)
         .with_for_update(skip_locked=True)))
 
@@ -361,7 +361,8 @@ def site_short_for_any_arm(session: Session, supply: SupplyConfig, site_code: st
         .join(Site, Site.id == Kit.site_id)
         .where(Kit.study_id == supply.study_id, Site.study_id == supply.study_id,
                Site.code == site_code, Kit.status == AVAILABLE,
-               Kit.kit_type_id.in_(list(type_ids)), Kit.expiry_date > plan.latest_unusable)
+               Kit.kit_type_id.in_(list(type_ids)), Kit.expiry_date > plan.latest_unusable,
+               not_in_open_return())
         .group_by(Kit.kit_type_id)).all())
     return sorted(code for type_id, code in type_ids.items() if counts.get(type_id, 0) < needed)
 

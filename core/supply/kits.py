@@ -11,14 +11,17 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
 from core.audit import AuditLog
 from core.clock import utcnow
 from core.models import Study
 from core.supply.lifecycle import move
-from core.supply.models import Kit
+from core.supply.models import Kit, KitReturn, ReturnKit
+
+# A return is open from its declaration until the depot receives it (or it is rejected).
+OPEN_RETURN_STATUSES = ("declared", "approved")
 
 PLACE_FIELDS = ("depot_id", "site_id", "shipment_id", "subject_id", "visit_code")
 
@@ -40,6 +43,13 @@ def apply_move(audit: AuditLog, kit: Kit, trigger: str, *, reason: str | None = 
     audit.record(f"kit_{trigger}", "kit", kit.kit_number, old=old,
                  new={**new, **(details or {})}, reason=reason)
     return new_status
+
+
+def not_in_open_return() -> ColumnElement[bool]:
+    """A filter for kits a site still holds but has declared for return: they are
+    neither dispensable nor stock to count on."""
+    return ~exists().where(ReturnKit.kit_id == Kit.id, KitReturn.id == ReturnKit.return_id,
+                           KitReturn.status.in_(OPEN_RETURN_STATUSES))
 
 
 def lock_kits(session: Session, study_id: int, kit_numbers: list[str]) -> dict[str, Kit]:

@@ -71,7 +71,7 @@ from core.db import Database
 from core.errors import Refused
 from core.models import Depot, Randomization, Site, Study, Subject
 from core.studies import get_study
-from core.supply.kits import supply_settings
+from core.supply.kits import not_in_open_return, supply_settings
 from core.supply.lifecycle import AVAILABLE, IN_TRANSIT, RESERVED
 from core.supply.models import Kit, KitType, Shipment, SiteSupply, SubjectVisit
 from core.supply.outbox import notify
@@ -138,6 +138,7 @@ def usable_stock(session: Session, study: Study, site: Site, today: date) -> dic
     at_site = session.execute(
         select(Kit.kit_type_id, func.count()).where(
             Kit.study_id == study.id, Kit.site_id == site.id, Kit.status == AVAILABLE,
+            not_in_open_return(),
             Kit.expiry_date > today + dnd).group_by(Kit.kit_type_id))
     arrival = today + timedelta(days=site.shipping_days or 0)
     on_the_way = session.execute(
