@@ -26,8 +26,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from core.audit import AuditLog
+from core.csv_input import ErrorCollector, decode, read_bytes
 from core.db import Database
-from core.errors import FileError, FileErrors, NotFound, Refused
+from core.errors import NotFound, Refused
 from core.models import (
     Arm,
     Factor,
@@ -43,8 +44,6 @@ from core.studies import get_study
 NUMBER = re.compile(r"[0-9]{1,20}")  # a keypad identifier that fits the column
 OPTIONAL_COLUMNS = ("block", "cohort")
 MAX_TEXT = 40  # block and cohort columns
-# Enough to fix a file; a list that is wrong on every row does not need 100,000 lines.
-MAX_REPORTED_ERRORS = 100
 INSERT_CHUNK = 10_000
 
 
@@ -73,31 +72,14 @@ def import_mrl(db: Database, path: str | Path, *, study_code: str | None = None,
     study's first event of method ``list``.
     """
     file = str(path)
-    raw = _read_bytes(file)
-    text = _decode(raw, file)
+    raw = read_bytes(file)
+    text = decode(raw, file)
     with db.transaction() as session:
         study = get_study(session, study_code)
         event = _find_event(session, study, event_code)
         rules = ListRules.of(session, study, event)
         rows = ListParser(file, rules).parse(text)
         return _store(session, study, event, rules, rows, file, raw, actor)
-
-
-def _read_bytes(file: str) -> bytes:
-    try:
-        return Path(file).read_bytes()
-    except OSError as exc:
-        raise FileErrors([FileError(file, None, None,
-                                    f"cannot read the file: {exc.strerror}")]) from None
-
-
-def _decode(raw: bytes, file: str) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise FileErrors([FileError(file, line, None, f"not UTF-8 text (byte "
-                                                      f"0x{raw[exc.start]:02x})")]) from None
 
 
 def _find_event(session: Session, study: Study, code: str | None) -> RandomizationEvent:
@@ -159,26 +141,13 @@ class ListRules:
         return ["randomization_number", "arm", *self.factors, *site]
 
 
-class ListParser:
+class ListParser(ErrorCollector):
     """Reads the CSV against the rules, collecting every problem."""
 
     def __init__(self, file: str, rules: ListRules):
-        self.file, self.rules = file, rules
-        self.errors: list[FileError] = []
-        self.error_count = 0
+        super().__init__(file)
+        self.rules = rules
         self.first_line_of: dict[str, int] = {}  # randomization number -> line
-
-    def error(self, line: int | None, column: str | None, message: str) -> None:
-        self.error_count += 1
-        if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(FileError(self.file, line, column, message))
-
-    def fail(self) -> FileErrors:
-        errors = list(self.errors)
-        if self.error_count > len(errors):
-            errors.append(FileError(self.file, None, None,
-                                    f"... and {self.error_count - len(errors)} more errors"))
-        return FileErrors(errors)
 
     def parse(self, text: str) -> list[ListRow]:
         reader = csv.reader(io.StringIO(text, newline=""))

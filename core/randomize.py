@@ -13,7 +13,7 @@ the arm; that refusal requests an urgent shipment and is committed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -53,15 +53,6 @@ class RandomizationResult:
     stratum: str = ""
     kits: tuple[str, ...] = ()  # the first visit's kits (studies that dispense)
     visit: str | None = None
-
-
-@dataclass
-class Refusal:
-    """A refusal that is itself recorded (an eligibility "no")."""
-
-    code: str
-    message: str
-    params: dict = field(default_factory=dict)
 
 
 def randomize(db: Database, *, subject_number: str, actor: Actor,

@@ -22,8 +22,8 @@ from core.randomization.base import (
     AssignmentContext,
     Counter,
     next_generated_numbers,
-    record_generated,
     ratio_weights,
+    record_generated,
     take_counter,
 )
 from core.randomization.list_method import take_entry

@@ -12,7 +12,6 @@ from core.clock import utcnow
 from core.models import ListEntry
 from core.randomization.base import Assignment, AssignmentContext, ListExhausted, take_counter
 
-
 _entries = ListEntry.__table__
 _TAKE_ENTRY = (
     update(_entries)

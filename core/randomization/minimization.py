@@ -23,7 +23,6 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.models import MinimizationCount
-from core.study_config import ArmConfig
 from core.randomization.base import (
     Assignment,
     AssignmentContext,
@@ -31,6 +30,7 @@ from core.randomization.base import (
     next_generated_numbers,
     ratio_weights,
 )
+from core.study_config import ArmConfig
 
 
 def imbalance_per_arm(counts: dict[str, dict[str, int]], weights: dict[str, float],

@@ -27,7 +27,7 @@ import hashlib
 import io
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -36,10 +36,10 @@ from sqlalchemy.orm import Session
 
 from core.audit import AuditLog
 from core.clock import today, utcnow
+from core.csv_input import ErrorCollector, decode, read_bytes
 from core.db import Database
 from core.errors import FileError, FileErrors
 from core.models import Depot, Site, Study
-from core.mrl import MAX_REPORTED_ERRORS, _decode, _read_bytes
 from core.studies import get_study
 from core.supply.lifecycle import AT_DEPOT, AVAILABLE
 from core.supply.models import Kit, KitType, Lot
@@ -106,8 +106,8 @@ def import_kits(db: Database, path: str | Path, *, study_code: str | None = None
                 actor: str = "cli") -> KitImportResult:
     """Import a kit list; raises ``FileErrors`` (writing nothing) when any row is bad."""
     file = str(path)
-    raw = _read_bytes(file)
-    text = _decode(raw, file)
+    raw = read_bytes(file)
+    text = decode(raw, file)
     with db.transaction() as session:
         study = get_study(session, study_code)
         rules = KitRules.of(session, study)
@@ -119,30 +119,15 @@ def import_kits(db: Database, path: str | Path, *, study_code: str | None = None
         return _store(session, study, rules, parser, rows, file, raw, actor)
 
 
-@dataclass
-class KitParser:
+class KitParser(ErrorCollector):
     """Reads the CSV against the rules, collecting every problem (up to a limit)."""
 
-    file: str
-    rules: KitRules
-    today: date
-    errors: list[FileError] = field(default_factory=list)
-    error_count: int = 0
-    first_line_of: dict[str, int] = field(default_factory=dict)  # kit number -> line
-    # lots met in this file: (kit type id, code) -> (expiry, first line)
-    file_lots: dict[tuple[int, str], tuple[date, int]] = field(default_factory=dict)
-
-    def error(self, line: int | None, column: str | None, message: str) -> None:
-        self.error_count += 1
-        if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(FileError(self.file, line, column, message))
-
-    def fail(self) -> FileErrors:
-        errors = list(self.errors)
-        if self.error_count > len(errors):
-            errors.append(FileError(self.file, None, None,
-                                    f"... and {self.error_count - len(errors)} more errors"))
-        return FileErrors(errors)
+    def __init__(self, file: str, rules: KitRules, today: date):
+        super().__init__(file)
+        self.rules, self.today = rules, today
+        self.first_line_of: dict[str, int] = {}  # kit number -> line
+        # lots met in this file: (kit type id, code) -> (expiry, first line)
+        self.file_lots: dict[tuple[int, str], tuple[date, int]] = {}
 
     def parse(self, text: str) -> list[KitRow]:
         reader = csv.reader(io.StringIO(text, newline=""))

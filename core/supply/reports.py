@@ -19,24 +19,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime
+from datetime import date
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from core.models import Depot, Site, Study, Subject
+from core.reports import BATCH, Report, _utc  # noqa: E402  (one UTC format for every report)
 from core.supply.models import Kit, KitType, Lot, Shipment, ShipmentKit
-
-Report = tuple[list[str], Iterator[tuple]]
-BATCH = 1000
-
-
-def _utc(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _day(value: date | None) -> str:
