@@ -779,15 +779,16 @@ def minimization_markdown(args, data: list[dict]) -> list[str]:
     return lines
 
 
-def update_benchmarks(path: Path, subsections: dict[str, list[str]]) -> None:
-    """Replace (or add) our subsections of "## Randomization throughput"; keep the rest."""
+def update_benchmarks(path: Path, subsections: dict[str, list[str]], section_name: str = SECTION,
+                      script: str = "bench/bench_randomize.py") -> None:
+    """Replace (or add) our subsections of "## <section_name>"; keep the rest."""
     text_in = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = text_in.rstrip("\n").split("\n")
-    start = next((i for i, line in enumerate(lines) if line.strip() == f"## {SECTION}"), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == f"## {section_name}"),
+                 None)
     if start is None:
-        lines += ["", f"## {SECTION}", "",
-                  "Produced by `bench/bench_randomize.py` (see bench/README.md)."]
-        start = lines.index(f"## {SECTION}")
+        lines += ["", f"## {section_name}", "", f"Produced by `{script}` (see bench/README.md)."]
+        start = lines.index(f"## {section_name}")
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
                len(lines))
     section = lines[start:end]

@@ -73,6 +73,7 @@ from bench_randomize import (  # the foundation benchmark's plumbing
     prescreen,
     run_clients,
     skip_locked_spec,
+    update_benchmarks,
 )
 from sqlalchemy import event, insert, select, text
 
@@ -522,37 +523,6 @@ def flat_markdown(args, r: dict) -> list[str]:
 # --- BENCHMARKS.md --------------------------------------------------------------------------
 
 
-def update_benchmarks(path: Path, subsections: dict[str, list[str]]) -> None:
-    """Replace (or add) our subsections of "## Supply"; keep everything else."""
-    text_in = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text_in.rstrip("\n").split("\n")
-    start = next((i for i, line in enumerate(lines) if line.strip() == f"## {SECTION}"), None)
-    if start is None:
-        lines += ["", f"## {SECTION}", "", "Produced by `bench/bench_supply.py` (see bench/README.md)."]
-        start = lines.index(f"## {SECTION}")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    section = lines[start:end]
-    for title, body in subsections.items():
-        head = f"### {title}"
-        at = next((i for i, line in enumerate(section) if line.strip() == head), None)
-        new = [head, "", *body]
-        if at is None:
-            while section and not section[-1].strip():
-                section.pop()
-            section += ["", *new]
-        else:
-            stop = next((i for i in range(at + 1, len(section))
-                         if section[i].startswith("### ")), len(section))
-            section[at:stop] = new
-    while section and not section[-1].strip():
-        section.pop()
-    lines[start:end] = section + ([""] if end < len(lines) else [])
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines).rstrip("\n") + "\n")
-    tmp.replace(path)
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -613,7 +583,7 @@ def main(argv: list[str] | None = None) -> None:
         report += [f"### {title}", "", *body]
     print("\n" + "\n".join(report))
     if not args.no_write:
-        update_benchmarks(Path(args.output), out)
+        update_benchmarks(Path(args.output), out, SECTION, "bench/bench_supply.py")
         print(f"written to {args.output}")
 
 
