@@ -21,11 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.actors import Actor
 from core.audit import AuditLog
 from core.db import Database
+from core.errors import IvrsError
 from core.idempotency import confirmation_number, new_key, store_result, stored_result
 from core.studies import StudyRef, study_ref
 
@@ -56,7 +58,15 @@ class ServiceCall:
 @contextmanager
 def service_call(db: Database, study_code: str | None, operation: str, key: str | None,
                  actor: Actor) -> Iterator[ServiceCall]:
-    with db.transaction() as session:
-        study = study_ref(session, study_code)
-        yield ServiceCall(session, study, actor, AuditLog(study.id, actor.label), operation,
-                          key or new_key(), key_given=key is not None)
+    try:
+        with db.transaction() as session:
+            study = study_ref(session, study_code)
+            yield ServiceCall(session, study, actor, AuditLog(study.id, actor.label),
+                              operation, key or new_key(), key_given=key is not None)
+    except IntegrityError as error:
+        # Two calls with one key for different things, at the same moment: the
+        # second one's record collides with the first's. Nothing was written.
+        if "idempotency_records" not in str(error.orig) and "uq_idempotency" not in str(error):
+            raise
+        raise IvrsError(f"idempotency key {key!r} is being used by another request",
+                        code="key_reused") from None

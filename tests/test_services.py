@@ -182,3 +182,21 @@ def test_change_ratio_rejects_bad_ratios(db, study):
             change_ratio(db, ratio=ratio, actor=ADMIN, reason="x", study="B")
     with pytest.raises(Refused):
         change_ratio(db, ratio={"A": 1, "P": 1}, actor=COORDINATOR_101, reason="x", study="B")
+
+
+def test_a_key_racing_for_another_subject_is_refused_cleanly(db, study, monkeypatch):
+    """The loser of a race on one idempotency key (the other call not yet committed
+    when it looked) gets a clear refusal, not a database error, and writes nothing."""
+    import core.service
+
+    first = screen_subject(db, site_code="101", actor=ADMIN)
+    second = screen_subject(db, site_code="101", actor=ADMIN)
+    randomize(db, subject_number=first.subject_number, actor=ADMIN, eligibility=YES,
+              factors=M_LT65, idempotency_key="shared-key")
+    before = table_counts(db)
+    monkeypatch.setattr(core.service, "stored_result", lambda *args: None)  # lost the race
+    with pytest.raises(IvrsError) as error:
+        randomize(db, subject_number=second.subject_number, actor=ADMIN, eligibility=YES,
+                  factors=M_LT65, idempotency_key="shared-key")
+    assert error.value.code == "key_reused"
+    assert table_counts(db) == before
