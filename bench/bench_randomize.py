@@ -812,6 +812,38 @@ def update_benchmarks(path: Path, subsections: dict[str, list[str]], section_nam
     tmp.replace(path)
 
 
+def run_parts(args, argv: list[str] | None, script: str, section: str, parts: list) -> None:
+    """Run the chosen parts of a benchmark script in one fresh schema, print the
+    markdown and rewrite the script's section of BENCHMARKS.md.
+
+    ``parts``: (name for --only, progress line, subsection title, bench(args, schema),
+    markdown(args, data)).
+    """
+    chosen = args.only or [name for name, *_ in parts]
+    command = f"python {script} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()
+    schema = Schema(args.url)
+    out: dict[str, list[str]] = {}
+    try:
+        machine_line = machine(schema)
+        print(f"{machine_line}\nschema {schema.name}, clients as {args.workers}", flush=True)
+        for name, progress, title, bench, markdown in parts:
+            if name in chosen:
+                print(progress, flush=True)
+                data = bench(args, schema)
+                out[title] = header(stamp, machine_line, command, load) + markdown(args, data)
+    finally:
+        schema.close()
+    report = []
+    for title, body in out.items():
+        report += [f"### {title}", "", *body]
+    print("\n" + "\n".join(report))
+    if not args.no_write:
+        update_benchmarks(Path(args.output), out, section, script)
+        print(f"written to {args.output}")
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -838,41 +870,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.fill > 2 * 9999 - 200:
         parser.error("--fill: two sites hold at most 19,998 subjects")
     check_loopback(args.url)
-    chosen = args.only or ["throughput", "studies", "minimization"]
-    command = "python bench/bench_randomize.py " + shlex.join(sys.argv[1:] if argv is None
-                                                              else argv)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load = os.getloadavg()
-
-    schema = Schema(args.url)
-    out: dict[str, list[str]] = {}
-    try:
-        machine_line = machine(schema)
-        print(f"{machine_line}\nschema {schema.name}, clients as {args.workers}", flush=True)
-        if "throughput" in chosen:
-            print("throughput (randomize vs. row-lock baselines):", flush=True)
-            data = bench_throughput(args, schema)
-            out[f"Randomize vs. row-lock baselines ({args.workers})"] = (
-                header(stamp, machine_line, command, load) + throughput_markdown(args, data))
-        if "studies" in chosen:
-            print("one study vs. two studies:", flush=True)
-            data = bench_studies(args, schema)
-            out[f"One study vs. two studies ({args.workers})"] = (
-                header(stamp, machine_line, command, load) + studies_markdown(args, data))
-        if "minimization" in chosen:
-            print("minimization cost at ~100 and ~N subjects:", flush=True)
-            data = bench_minimization(args, schema)
-            out["Minimization cost: subject 100 vs. subject 10,000"] = (
-                header(stamp, machine_line, command, load) + minimization_markdown(args, data))
-    finally:
-        schema.close()
-    report = []
-    for title, body in out.items():
-        report += [f"### {title}", "", *body]
-    print("\n" + "\n".join(report))
-    if not args.no_write:
-        update_benchmarks(Path(args.output), out)
-        print(f"written to {args.output}")
+    run_parts(args, argv, "bench/bench_randomize.py", SECTION, [
+        ("throughput", "throughput (randomize vs. row-lock baselines):",
+         f"Randomize vs. row-lock baselines ({args.workers})", bench_throughput,
+         throughput_markdown),
+        ("studies", "one study vs. two studies:", f"One study vs. two studies ({args.workers})",
+         bench_studies, studies_markdown),
+        ("minimization", "minimization cost at ~100 and ~N subjects:",
+         "Minimization cost: subject 100 vs. subject 10,000", bench_minimization,
+         minimization_markdown),
+    ])
 
 
 if __name__ == "__main__":

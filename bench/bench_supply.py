@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -66,14 +65,12 @@ from bench_randomize import (  # the foundation benchmark's plumbing
     Schema,
     check_loopback,
     check_result,
-    header,
-    machine,
     percentile,
     prepare_baselines,
     prescreen,
     run_clients,
     skip_locked_spec,
-    update_benchmarks,
+    run_parts,
 )
 from sqlalchemy import event, insert, select, text
 
@@ -551,40 +548,14 @@ def main(argv: list[str] | None = None) -> None:
     if not 200 <= args.crowd <= 9_999:
         parser.error("--crowd: between 200 and 9,999 (the subject numbers one site has)")
     check_loopback(args.url)
-    chosen = args.only or ["dispensing", "resupply", "flat"]
-    command = "python bench/bench_supply.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load_avg = os.getloadavg()
-
-    schema = Schema(args.url)
-    out: dict[str, list[str]] = {}
-    try:
-        machine_line = machine(schema)
-        print(f"{machine_line}\nschema {schema.name}, clients as {args.workers}", flush=True)
-        if "dispensing" in chosen:
-            print("dispensing throughput vs. SKIP LOCKED baseline:", flush=True)
-            rows = bench_dispensing(args, schema)
-            out[f"Dispensing throughput ({args.workers})"] = (
-                header(stamp, machine_line, command, load_avg) + dispensing_markdown(args, rows))
-        if "resupply" in chosen:
-            print("supply run scaling:", flush=True)
-            data = bench_resupply(args, schema)
-            out["Resupply job: sites doubled"] = (
-                header(stamp, machine_line, command, load_avg) + resupply_markdown(args, data))
-        if "flat" in chosen:
-            print("dispensing cost with few and many subjects at the site:", flush=True)
-            data = bench_flat(args, schema)
-            out["Dispensing cost: small site vs. crowded site"] = (
-                header(stamp, machine_line, command, load_avg) + flat_markdown(args, data))
-    finally:
-        schema.close()
-    report = []
-    for title, body in out.items():
-        report += [f"### {title}", "", *body]
-    print("\n" + "\n".join(report))
-    if not args.no_write:
-        update_benchmarks(Path(args.output), out, SECTION, "bench/bench_supply.py")
-        print(f"written to {args.output}")
+    run_parts(args, argv, "bench/bench_supply.py", SECTION, [
+        ("dispensing", "dispensing throughput vs. SKIP LOCKED baseline:",
+         f"Dispensing throughput ({args.workers})", bench_dispensing, dispensing_markdown),
+        ("resupply", "supply run scaling:", "Resupply job: sites doubled", bench_resupply,
+         resupply_markdown),
+        ("flat", "dispensing cost with few and many subjects at the site:",
+         "Dispensing cost: small site vs. crowded site", bench_flat, flat_markdown),
+    ])
 
 
 if __name__ == "__main__":
