@@ -6,7 +6,11 @@ to a limit: a file wrong on every row needs no 100,000-line answer).
 
 from __future__ import annotations
 
+import csv
+import io
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 from core.errors import FileError, FileErrors
 
@@ -52,3 +56,39 @@ class ErrorCollector:
             errors.append(FileError(self.file, None, None,
                                     f"... and {self.error_count - len(errors)} more errors"))
         return FileErrors(errors)
+
+
+class CsvParser(ErrorCollector, ABC):
+    """Reads a CSV with a header row: blank lines skipped, a row with the wrong
+    number of fields reported, each other row handed to ``read_row`` as a dict of
+    stripped values. Subclasses check the header (``read_header``) and the rows."""
+
+    @abstractmethod
+    def read_header(self, header: list[str] | None) -> list[str]:
+        """The checked column names (errors raised via ``fail``)."""
+
+    @abstractmethod
+    def read_row(self, line: int, values: dict[str, str]) -> Any | None:
+        """One checked row, or None when it had errors (recorded with ``error``)."""
+
+    def parse(self, text: str) -> list[Any]:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        columns = self.read_header(next(reader, None))
+        rows: list[Any] = []
+        last_line = 1
+        for fields in reader:
+            line, last_line = last_line + 1, reader.line_num  # a quoted field may span lines
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(columns):
+                self.error(line, None, f"{len(fields)} fields, but the header has "
+                                       f"{len(columns)} ({','.join(columns)})")
+                continue
+            row = self.read_row(line, dict(zip(columns, (value.strip() for value in fields))))
+            if row is not None:
+                rows.append(row)
+        if not rows and not self.error_count:
+            self.error(None, None, "no rows after the header")
+        if self.error_count:
+            raise self.fail()
+        return rows

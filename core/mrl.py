@@ -15,9 +15,7 @@ never an arm: blinded people read the audit trail.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from core.audit import AuditLog
-from core.csv_input import ErrorCollector, decode, read_bytes
+from core.csv_input import CsvParser, decode, read_bytes
 from core.db import Database
 from core.errors import NotFound, Refused
 from core.models import (
@@ -141,35 +139,13 @@ class ListRules:
         return ["randomization_number", "arm", *self.factors, *site]
 
 
-class ListParser(ErrorCollector):
+class ListParser(CsvParser):
     """Reads the CSV against the rules, collecting every problem."""
 
     def __init__(self, file: str, rules: ListRules):
         super().__init__(file)
         self.rules = rules
         self.first_line_of: dict[str, int] = {}  # randomization number -> line
-
-    def parse(self, text: str) -> list[ListRow]:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        columns = self.read_header(next(reader, None))
-        rows: list[ListRow] = []
-        last_line = 1
-        for fields in reader:
-            line, last_line = last_line + 1, reader.line_num  # a quoted field may span lines
-            if not fields:
-                continue  # a blank line
-            if len(fields) != len(columns):
-                self.error(line, None, f"{len(fields)} fields, but the header has "
-                                       f"{len(columns)} ({','.join(columns)})")
-                continue
-            row = self.read_row(line, dict(zip(columns, (value.strip() for value in fields))))
-            if row is not None:
-                rows.append(row)
-        if not rows and not self.error_count:
-            self.error(None, None, "no rows after the header")
-        if self.error_count:
-            raise self.fail()
-        return rows
 
     def read_header(self, header: list[str] | None) -> list[str]:
         required = self.rules.required_columns()

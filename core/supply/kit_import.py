@@ -22,9 +22,7 @@ counts per location; counts per kit type are kept only under the unblinded
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from core.audit import AuditLog
 from core.clock import today, utcnow
-from core.csv_input import ErrorCollector, decode, read_bytes
+from core.csv_input import CsvParser, decode, read_bytes
 from core.db import Database
 from core.errors import FileError, FileErrors
 from core.models import Depot, Site, Study
@@ -119,7 +117,7 @@ def import_kits(db: Database, path: str | Path, *, study_code: str | None = None
         return _store(session, study, rules, parser, rows, file, raw, actor)
 
 
-class KitParser(ErrorCollector):
+class KitParser(CsvParser):
     """Reads the CSV against the rules, collecting every problem (up to a limit)."""
 
     def __init__(self, file: str, rules: KitRules, today: date):
@@ -128,28 +126,6 @@ class KitParser(ErrorCollector):
         self.first_line_of: dict[str, int] = {}  # kit number -> line
         # lots met in this file: (kit type id, code) -> (expiry, first line)
         self.file_lots: dict[tuple[int, str], tuple[date, int]] = {}
-
-    def parse(self, text: str) -> list[KitRow]:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        columns = self.read_header(next(reader, None))
-        rows: list[KitRow] = []
-        last_line = 1
-        for fields in reader:
-            line, last_line = last_line + 1, reader.line_num  # a quoted field may span lines
-            if not fields:
-                continue
-            if len(fields) != len(columns):
-                self.error(line, None, f"{len(fields)} fields, but the header has "
-                                       f"{len(columns)} ({','.join(columns)})")
-                continue
-            row = self.read_row(line, dict(zip(columns, (value.strip() for value in fields))))
-            if row is not None:
-                rows.append(row)
-        if not rows and not self.error_count:
-            self.error(None, None, "no rows after the header")
-        if self.error_count:
-            raise self.fail()
-        return rows
 
     def read_header(self, header: list[str] | None) -> list[str]:
         if not header or not any(name.strip() for name in header):
