@@ -1,1 +1,107 @@
-"""Twilio webhooks (filled by the voice issue)."""
+"""Twilio's door: routes, signature check, session in and out, TwiML back.
+
+No logic lives here: ``ivrs.calls`` runs a request through the dialog. Every
+answer to Twilio is TwiML with status 200, also when something failed on our
+side (then an apology and a hang-up); only an unsigned request gets a 403.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, request
+from sqlalchemy import text
+from twilio.request_validator import RequestValidator
+
+from ivrs import calls
+from ivrs.twiml import apology
+
+log = logging.getLogger("ivrs.webhooks")
+blueprint = Blueprint("webhooks", __name__)
+
+TWIML = "application/xml"
+
+
+def _runtime():
+    return current_app.extensions["ivrs"]
+
+
+def signature_valid() -> bool:
+    settings = _runtime().settings
+    if settings.skip_signatures:
+        return True
+    if not settings.twilio_auth_token:
+        return False
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if settings.public_base_url:
+        # Behind a proxy the URL Twilio signed is the public one, not ours.
+        url = settings.public_base_url + request.full_path.rstrip("?")
+    else:
+        url = request.url
+    return RequestValidator(settings.twilio_auth_token).validate(
+        url, request.form.to_dict(flat=True), signature)
+
+
+@blueprint.before_request
+def _check_signature():
+    if request.endpoint in ("webhooks.healthz", "webhooks.static_twiml"):
+        return None
+    if not signature_valid():
+        log.warning("refused %s %s: bad or missing Twilio signature (CallSid %s)",
+                    request.method, request.path, request.form.get("CallSid", "-"))
+        return Response("Forbidden", status=403, mimetype="text/plain")
+    return None
+
+
+@blueprint.post("/voice")
+def voice():
+    runtime = _runtime()
+    call = calls.parse_request(request.form.to_dict(flat=True), request.args.get("step"))
+    if call is None:
+        log.warning("voice request without a usable CallSid or step: answered with an apology")
+        return Response(apology(), mimetype=TWIML)
+    try:
+        twiml = calls.answer(runtime.db, runtime.store, call)
+    except Exception:  # noqa: BLE001 — the caller hears an apology, we get the trace
+        log.exception("call %s step %d failed", call.call_sid, call.step)
+        return Response(apology(), mimetype=TWIML)
+    return Response(twiml, mimetype=TWIML)
+
+
+@blueprint.post("/voice/status")
+def voice_status():
+    call_sid = request.form.get("CallSid", "")
+    status = request.form.get("CallStatus", "")
+    log.info("call %s status %s", call_sid or "-", status or "-")
+    if call_sid and status in ("completed", "busy", "failed", "no-answer", "canceled"):
+        try:
+            calls.end(_runtime().store, call_sid)
+        except Exception:  # noqa: BLE001 — the session expires on its own anyway
+            log.exception("call %s: could not drop the session", call_sid)
+    return Response(status=204)
+
+
+@blueprint.get("/healthz")
+def healthz():
+    runtime = _runtime()
+    checks = {"database": _database_answers(runtime.db), "sessions": runtime.store.ping()}
+    status = 200 if all(checks.values()) else 503
+    body = {name: "ok" if ok else "down" for name, ok in checks.items()}
+    return body, status
+
+
+@blueprint.route("/static-twiml", methods=["GET", "POST"])
+def static_twiml():
+    """A fixed answer with no database or session work: the benchmarks' ceiling."""
+    return Response('<?xml version="1.0" encoding="UTF-8"?><Response><Gather input="dtmf" '
+                    'numDigits="1"><Say>Static.</Say></Gather></Response>', mimetype=TWIML)
+
+
+def _database_answers(db) -> bool:
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001
+        log.exception("health check: the database does not answer")
+        return False

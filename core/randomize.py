@@ -150,6 +150,11 @@ def _randomize(call, config: StudyConfig, subject, event: EventConfig,
                         "arm": assignment.arm.code, "stratum": key, **dispensed})
 
 
+def next_event(session: Session, config: StudyConfig, subject) -> EventConfig:
+    """The event a subject would be randomized in next (refusals as ``randomize``'s)."""
+    return _event_for(session, config, subject, None)
+
+
 def _event_for(session: Session, config: StudyConfig, subject, code: str | None) -> EventConfig:
     """The named event, or the subject's next one (re-randomization goes in order)."""
     events = config.events
@@ -184,11 +189,18 @@ def _event_for(session: Session, config: StudyConfig, subject, code: str | None)
 
 
 def _check_answers(study: StudyRef, eligibility: dict[str, bool]) -> dict[str, bool]:
+    """Every question answered, or answers up to the first "no" (the phone stops
+    asking there: SPEC §6.5)."""
+    unknown = sorted(set(eligibility) - set(study.eligibility))
+    if unknown:
+        raise IvrsError(f"no eligibility question {', '.join(unknown)}",
+                        code="eligibility_unknown")
+    answers = {q: bool(eligibility[q]) for q in study.eligibility if q in eligibility}
     missing = [q for q in study.eligibility if q not in eligibility]
-    if missing:
+    if missing and all(answers.values()):
         raise IvrsError(f"eligibility not answered: {', '.join(missing)}",
                         code="eligibility_missing")
-    return {q: bool(eligibility[q]) for q in study.eligibility}
+    return answers
 
 
 def _check_levels(event: EventConfig, factors: dict[str, str]) -> dict[str, str]:

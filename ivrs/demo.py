@@ -139,22 +139,13 @@ def play_supply(db: Database, echo: Callable[[str], None], paris: Actor) -> None
                  f"shipment {shipment.shipment_number} of {shipment.kits} kits requested")
 
 
-def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
-    workdir = Path(directory)
-    workdir.mkdir(parents=True, exist_ok=True)
-    database_file = workdir / "demo.sqlite3"
-    if database_file.exists():
-        database_file.unlink()  # a demo starts from scratch every time
-    db = Database(f"sqlite:///{database_file}")
-    upgrade(db.engine)
-
+def set_up_demo_study(db: Database, workdir: Path, echo: Callable[[str], None] = print) -> None:
+    """The demo study, its randomization list and its kits, in a migrated database."""
     study_file = workdir / "study.yaml"
     study_file.write_text(files("ivrs").joinpath("demo_data", "study.yaml").read_text("utf-8"),
                           encoding="utf-8")
     mrl_file = workdir / "mrl.csv"
     write_demo_mrl(mrl_file)
-
-    echo(f"== ivrs demo: database {database_file}")
     loaded = load_study(db, study_file)
     echo(f"Loaded study {loaded.study_code} from {study_file}")
     imported = import_mrl(db, mrl_file, study_code=STUDY_CODE)
@@ -163,6 +154,18 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
     write_demo_kits(kits_file, today() + timedelta(days=730))
     import_kits(db, kits_file, study_code=STUDY_CODE)
     echo(f"Imported the kit list {kits_file}: stock at depot 90 and at sites 101 and 102")
+
+
+def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
+    workdir = Path(directory)
+    workdir.mkdir(parents=True, exist_ok=True)
+    database_file = workdir / "demo.sqlite3"
+    if database_file.exists():
+        database_file.unlink()  # a demo starts from scratch every time
+    db = Database(f"sqlite:///{database_file}")
+    upgrade(db.engine)
+    echo(f"== ivrs demo: database {database_file}")
+    set_up_demo_study(db, workdir, echo)
 
     # Site staff act as themselves: the coordinator in Paris, the investigator in Barcelona.
     paris = Actor(role="site_coordinator", user_code="5001", site_codes=frozenset({"101"}),

@@ -18,6 +18,8 @@ from core.migrate import upgrade
 
 PG_URL = os.environ.get("IVRS_TEST_DATABASE_URL")
 
+pytest_plugins = ["voice"]
+
 
 def _fresh_database(tmp_path, pool_size: int = 10) -> tuple[Database, callable]:
     if not PG_URL:

@@ -1,0 +1,134 @@
+"""Signing in by phone: user ID + PIN, the shared lockout, and changing a PIN.
+
+The lockout lives in the user row and every check takes that row's lock, so
+three wrong PINs lock the user whether they come from one call or from three
+calls at the same moment (and from voice or SMS alike). A failed attempt is
+committed: a refusal that rolled back its own count would never lock anyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from core.actors import SITE_ROLES, Actor
+from core.db import Database
+from core.errors import IvrsError, Refused
+from core.models import User
+from core.pins import check_pin, hash_pin, is_valid_pin
+from core.service import service_call
+from core.studies import study_ref
+from core.users import MAX_FAILED_ATTEMPTS
+
+# Checked when the user ID is unknown, so that a wrong ID costs the same time
+# as a wrong PIN and timing does not tell which of the two was wrong.
+_DUMMY_HASH = None
+
+
+@dataclass(frozen=True)
+class Login:
+    """A signed-in user: who they are and what the dialog needs to serve them."""
+
+    user_code: str
+    role: str
+    site_codes: tuple[str, ...]
+    language: str
+    pin_temporary: bool
+    confirmation: str | None = None
+
+    def actor(self, channel: str) -> Actor:
+        sites = frozenset(self.site_codes) if self.role in SITE_ROLES else None
+        return Actor(role=self.role, user_code=self.user_code, site_codes=sites,
+                     channel=channel)
+
+
+def sign_in(db: Database, *, user_code: str, pin: str, channel: str,
+            study: str | None = None) -> Login:
+    """Check a user ID and PIN. Raises ``Refused`` with code ``bad_credentials``
+    (never saying which of the two was wrong) or ``locked``."""
+    failed = locked_now = False
+    with service_call(db, study, "sign_in", None, Actor(role="admin", channel=channel)) as call:
+        user = _locked_user_row(call.session, call.study.id, user_code)
+        if user is None:
+            check_pin(_dummy_hash(), pin)
+            raise Refused("user ID or PIN not valid", code="bad_credentials")
+        call.audit.actor = f"user:{user.user_code}"
+        if user.locked:
+            raise Refused(f"user {user.user_code} is locked", code="locked")
+        if not check_pin(user.pin_hash, pin):
+            user.failed_attempts += 1
+            user.locked = locked_now = user.failed_attempts >= MAX_FAILED_ATTEMPTS
+            call.audit.record("pin_failed", "user", user.user_code, new={
+                "failed_attempts": user.failed_attempts, "locked": user.locked,
+                "channel": channel})
+            call.finish({})
+            failed = True
+        else:
+            user.failed_attempts = 0
+            # Signing in is on the record: the user-activity report reads it.
+            call.audit.record("signed_in", "user", user.user_code, new={"channel": channel})
+            call.finish({})
+            login = Login(user_code=user.user_code, role=user.role,
+                          site_codes=tuple(site.code for site in user.sites),
+                          language=user.language, pin_temporary=user.pin_temporary)
+    if failed:
+        if locked_now:
+            raise Refused(f"user {user_code} is locked", code="locked")
+        raise Refused("user ID or PIN not valid", code="bad_credentials")
+    return login
+
+
+def change_pin(db: Database, *, user_code: str, new_pin: str, actor: Actor,
+               study: str | None = None, idempotency_key: str | None = None) -> str | None:
+    """The signed-in user sets a new PIN (it is no longer temporary).
+
+    Returns the confirmation number. The new PIN must be 4–8 digits and differ
+    from the current one; the audit row says that the PIN changed, never what to.
+    """
+    if not is_valid_pin(new_pin):
+        raise IvrsError("a PIN is 4 to 8 digits", code="bad_pin")
+    if actor.user_code != user_code:
+        raise Refused("a user changes only their own PIN", code="not_allowed")
+    with service_call(db, study, f"change_pin {user_code}", idempotency_key, actor) as call:
+        user = _locked_user_row(call.session, call.study.id, user_code)
+        if (replay := call.replayed()) is not None:
+            return replay["confirmation"]
+        if user is None or user.locked:
+            raise Refused(f"user {user_code} is locked", code="locked")
+        if check_pin(user.pin_hash, new_pin):
+            raise IvrsError("the new PIN must differ from the current one",
+                            code="pin_unchanged")
+        was_temporary = user.pin_temporary
+        user.pin_hash, user.pin_temporary = hash_pin(new_pin), False
+        call.audit.record("pin_changed", "user", user_code,
+                          old={"pin_temporary": was_temporary},
+                          new={"pin": "changed", "pin_temporary": False})
+        return call.finish({})["confirmation"]
+
+
+def language_for_phone(db: Database, *, phone: str | None, study: str | None = None
+                       ) -> str | None:
+    """The language of the active user registered with this phone number, if any."""
+    if not phone:
+        return None
+    with db.sessions() as session:
+        study_id = study_ref(session, study).id
+        return session.execute(select(User.language).where(
+            User.study_id == study_id, User.phone == phone, User.active.is_(True))
+            .limit(1)).scalar()
+
+
+def _locked_user_row(session, study_id: int, user_code: str) -> User | None:
+    if not user_code.isdigit():
+        return None
+    return session.execute(select(User).where(
+        User.study_id == study_id, User.user_code == user_code, User.active.is_(True))
+        .with_for_update()).scalar_one_or_none()
+
+
+def _dummy_hash() -> str:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = hash_pin("00000000")
+    return _DUMMY_HASH

@@ -1,0 +1,110 @@
+"""Where a call's (or a texter's) dialog state lives between two requests.
+
+One interface, two stores: Redis in production (every ``serve`` worker sees
+every session; keys expire on their own) and an in-process dictionary for the
+embedded default (demo, tests, one process only). A session is a JSON object;
+the store neither knows nor cares what is in it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Protocol
+
+CALL_TTL = 2 * 60 * 60  # seconds: longer than any call
+
+
+class SessionStoreError(RuntimeError):
+    """The store did not answer: the caller gets an apology, not a stack trace."""
+
+
+class SessionStore(Protocol):
+    def load(self, key: str) -> dict[str, Any] | None: ...
+
+    def save(self, key: str, data: dict[str, Any], ttl: int) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def ping(self) -> bool: ...
+
+
+class MemorySessionStore:
+    """A dict with expiry times, for one process (``ivrs demo``, tests, ``--dev``)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._data.get(key)
+            if found is None:
+                return None
+            expires, raw = found
+            if expires < time.monotonic():
+                del self._data[key]
+                return None
+        return json.loads(raw)
+
+    def save(self, key: str, data: dict[str, Any], ttl: int) -> None:
+        raw = json.dumps(data, separators=(",", ":"))  # a copy: no sharing with the caller
+        with self._lock:
+            self._data[key] = (time.monotonic() + ttl, raw)
+            if len(self._data) > 10_000:
+                self._expire()
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def ping(self) -> bool:
+        return True
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (expires, _) in self._data.items() if expires < now]:
+            del self._data[key]
+
+
+class RedisSessionStore:
+    """Sessions as JSON strings under ``ivrs:session:<key>`` with a TTL."""
+
+    PREFIX = "ivrs:session:"
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                                           health_check_interval=30)
+        self._errors = (redis.RedisError, OSError)
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = self._redis.get(self.PREFIX + key)
+        except self._errors as error:
+            raise SessionStoreError(str(error)) from error
+        return None if raw is None else json.loads(raw)
+
+    def save(self, key: str, data: dict[str, Any], ttl: int) -> None:
+        try:
+            self._redis.set(self.PREFIX + key, json.dumps(data, separators=(",", ":")), ex=ttl)
+        except self._errors as error:
+            raise SessionStoreError(str(error)) from error
+
+    def delete(self, key: str) -> None:
+        try:
+            self._redis.delete(self.PREFIX + key)
+        except self._errors as error:
+            raise SessionStoreError(str(error)) from error
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except self._errors:
+            return False
+
+
+def store_for(redis_url: str | None) -> SessionStore:
+    return RedisSessionStore(redis_url) if redis_url else MemorySessionStore()

@@ -1,0 +1,122 @@
+"""Prompt ids + parameters -> the words said (or texted) in a language.
+
+Catalogs are the gettext files under ``locales/``, loaded once per process.
+Digits are said one by one, separated so that text-to-speech does not read
+"1010001" as a million; dates use the locale's long form; a ``count``
+parameter chooses the catalog's plural form.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import date
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from babel import Locale
+from babel.dates import format_date
+from babel.support import Translations
+
+from dialogs.output import Digits, Say, Term
+
+LOCALES_DIR = Path(str(files("locales")))
+DOMAIN = "messages"
+SOURCE_LANGUAGE = "en"
+
+# Our language codes -> Twilio <Say language>. Mandarin is cmn-CN for Twilio's
+# and Polly's voices, not zh-CN.
+SAY_LANGUAGES = {
+    "en": "en-US", "fr": "fr-FR", "es": "es-ES", "de": "de-DE", "it": "it-IT",
+    "pt_BR": "pt-BR", "ja": "ja-JP", "zh_CN": "cmn-CN",
+}
+
+log = logging.getLogger(__name__)
+_catalogs: dict[str, Translations] = {}
+_catalogs_lock = threading.Lock()
+_warned: set[str] = set()
+
+
+class MissingCatalog(LookupError):
+    pass
+
+
+def catalog(language: str) -> Translations:
+    """The compiled catalog of a language. Unlike ``Translations.load``, a missing
+    ``.mo`` is an error here, not a silent fall back to the message ids."""
+    found = _catalogs.get(language)
+    if found is None:
+        path = LOCALES_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.mo"
+        if not path.is_file():
+            raise MissingCatalog(f"no compiled catalog for {language!r} at {path}")
+        with path.open("rb") as handle, _catalogs_lock:
+            found = _catalogs.setdefault(language, Translations(handle, domain=DOMAIN))
+    return found
+
+
+def available_languages() -> list[str]:
+    return sorted(p.parent.parent.name for p in LOCALES_DIR.glob(f"*/LC_MESSAGES/{DOMAIN}.mo"))
+
+
+def say_language(language: str) -> str:
+    return SAY_LANGUAGES.get(spoken_language(language), SAY_LANGUAGES[SOURCE_LANGUAGE])
+
+
+def spoken_language(language: str) -> str:
+    """The language we can speak: this one if its catalog exists, else English
+    (a study may list languages whose catalogs a later release brings)."""
+    try:
+        catalog(language)
+        return language
+    except MissingCatalog:
+        if language not in _warned:
+            _warned.add(language)
+            log.warning("no catalog for language %s: English is spoken instead", language)
+        return SOURCE_LANGUAGE
+
+
+def text(say: Say, language: str) -> str:
+    """One prompt in words."""
+    language = spoken_language(say.language or language)
+    template = _lookup(say.id, language, say.params.get("count"))
+    if template is None:
+        log.error("message %s has no text in %s or %s", say.id, language, SOURCE_LANGUAGE)
+        return ""
+    values = {name: _spoken(value, language) for name, value in say.params.items()}
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError):
+        log.error("message %s in %s does not fit its parameters", say.id, language)
+        return ""
+
+
+def texts(says: tuple[Say, ...] | list[Say], language: str) -> list[str]:
+    return [t for t in (text(say, language) for say in says) if t]
+
+
+def _lookup(message_id: str, language: str, count: Any = None) -> str | None:
+    for lang in dict.fromkeys((language, SOURCE_LANGUAGE)):
+        try:
+            translations = catalog(lang)
+        except MissingCatalog:
+            continue
+        if isinstance(count, int):
+            found = translations.ngettext(message_id, message_id + ".plural", count)
+            if found not in (message_id, message_id + ".plural"):
+                return found
+        found = translations.gettext(message_id)
+        if found != message_id:
+            return found
+    return None
+
+
+def _spoken(value: Any, language: str) -> str:
+    if isinstance(value, Digits):
+        return " ".join(value)
+    if isinstance(value, Term):
+        found = _lookup(str(value), language)
+        return found if found is not None else str(value).rsplit(".", 1)[-1]
+    if isinstance(value, date):
+        return format_date(value, format="long", locale=Locale.parse(language))
+    return str(value)

@@ -1,0 +1,63 @@
+"""The voice test harness: the demo study behind the Flask app, and signed phones."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from core.db import Database
+from ivrs.app import create_app
+from ivrs.config import Settings
+from ivrs.demo import set_up_demo_study
+from ivrs.phone import AppTransport, Heard, Phone
+from ivrs.sessions import MemorySessionStore, SessionStore, store_for
+
+TOKEN = "test-twilio-auth-token"
+TODAY = "2026-11-23"
+PARIS = "+33612345678"  # user 5001, site coordinator at site 101
+BARCELONA = "+34612345678"  # user 5002, investigator at site 102
+DEPOT = "+4930555001"  # user 7001, depot manager
+UNKNOWN = "+15550001111"
+
+
+@dataclass
+class VoiceHarness:
+    app: object
+    db: Database
+    store: SessionStore
+
+    def phone(self, caller: str = PARIS, **kwargs) -> Phone:
+        return Phone(AppTransport(self.app), caller=caller, auth_token=TOKEN, **kwargs)
+
+    def signed_in(self, caller: str = PARIS, user: str = "5001", pin: str = "2468") -> Phone:
+        """A phone at the main menu."""
+        phone = self.phone(caller)
+        heard = phone.dial()
+        if "language" in phone.last.xml.lower() and heard.gather.get("numDigits") == "1":
+            phone.press("1")
+        phone.press(f"{user}#")
+        heard = phone.press(f"{pin}#")
+        assert "press 1" in heard.text or "9." in heard.text, heard.text
+        return phone
+
+
+def session_store() -> SessionStore:
+    """Redis when the suite runs against servers (CI), else the in-process store."""
+    return store_for(os.environ.get("REDIS_URL")) if os.environ.get("REDIS_URL") \
+        else MemorySessionStore()
+
+
+@pytest.fixture
+def voice(db, tmp_path, monkeypatch) -> VoiceHarness:
+    monkeypatch.setenv("IVRS_TODAY", TODAY)
+    set_up_demo_study(db, tmp_path, lambda line: None)
+    store = session_store()
+    app = create_app(Settings(database_url="unused", twilio_auth_token=TOKEN), db=db,
+                     store=store)
+    return VoiceHarness(app, db, store)
+
+
+def says(heard: Heard, *fragments: str) -> bool:
+    return all(fragment in heard.text for fragment in fragments)
