@@ -1,0 +1,120 @@
+"""Every prompt the dialogs can say exists in every shipped catalog, with the same
+placeholders, and the compiled catalogs are current."""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+
+import pytest
+from babel.messages.mofile import read_mo
+from babel.messages.pofile import read_po
+
+from dialogs.voice.base import KNOWN_ERRORS
+from dialogs.voice.enrolment import REASONS
+from dialogs.voice.login import MENU_OPTIONS
+from dialogs.voice.supply import REPLACEMENT_REASONS
+from ivrs import speech
+from ivrs.speech import LOCALES_DIR, MissingCatalog, catalog
+
+DIALOGS = Path(__file__).resolve().parent.parent / "dialogs"
+IVRS = Path(__file__).resolve().parent.parent / "ivrs"
+# A literal prompt id in code: Say("x.y"), say("x"), refuse("x"), hang_up("x"),
+# and the "prompt"/"invalid" keys of the state declarations.
+_LITERAL = re.compile(
+    r"""(?:\bSay\(|\bsay\(|\brefuse\(|\bhang_up\(|"prompt":\s*|"invalid":\s*)"([a-z_][a-z0-9_.]*)\"""")
+
+
+def prompt_ids() -> set[str]:
+    ids = set()
+    for path in [*DIALOGS.rglob("*.py"), *IVRS.glob("*.py")]:
+        ids |= set(_LITERAL.findall(path.read_text(encoding="utf-8")))
+    # "prompt" may name a model method that builds the prompt: not an id.
+    from dialogs.voice.machine import VoiceCall
+    # "x." + code: a prefix, completed below.
+    ids = {i for i in ids if not hasattr(VoiceCall, i) and not i.endswith(".")}
+    # Ids built at run time.
+    ids |= {f"menu.option.{d}" for options in MENU_OPTIONS.values() for d in options}
+    ids |= {f"error.{code}" for code in KNOWN_ERRORS} | {"error.refused"}
+    for kind, reasons in REASONS.items():
+        ids |= {f"status.{kind}.{step}" for step in ("ask", "confirm", "done")}
+        ids |= {f"reason.{reason}" for reason in reasons}
+    ids |= {f"reason.{reason}" for reason in REPLACEMENT_REASONS}
+    return ids
+
+
+def shipped() -> list[str]:
+    return sorted(p.parent.parent.name for p in LOCALES_DIR.glob("*/LC_MESSAGES/messages.po"))
+
+
+def _po(language: str):
+    with (LOCALES_DIR / language / "LC_MESSAGES" / "messages.po").open("rb") as handle:
+        return read_po(handle)
+
+
+def _fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_the_prompt_scan_finds_prompts():
+    ids = prompt_ids()
+    assert {"login.pin", "readback", "rand.done", "kits.give", "receipt.summary"} <= ids
+
+
+@pytest.mark.parametrize("language", shipped())
+def test_every_prompt_exists_and_is_not_empty(language):
+    messages = {m.id if isinstance(m.id, str) else m.id[0]: m for m in _po(language) if m.id}
+    missing = sorted(i for i in prompt_ids() if i not in messages)
+    assert not missing, f"{language} lacks {missing}"
+    empty = sorted(i for i, m in messages.items() if not all(_strings(m)))
+    assert not empty, f"{language} has empty messages {empty}"
+
+
+@pytest.mark.parametrize("language", shipped())
+def test_translations_keep_the_source_placeholders(language):
+    source = {m.id: m for m in _po(speech.SOURCE_LANGUAGE) if m.id}
+    for message in _po(language):
+        if not message.id or message.id not in source:
+            continue
+        expected = _strings(source[message.id])
+        for text in _strings(message):
+            assert _fields(text) <= set().union(*map(_fields, expected)), (language, message.id)
+
+
+def _key(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _strings(message) -> list[str]:
+    return list(message.string) if isinstance(message.string, tuple) else [message.string]
+
+
+@pytest.mark.parametrize("language", shipped())
+def test_compiled_catalogs_are_current(language):
+    directory = LOCALES_DIR / language / "LC_MESSAGES"
+    with (directory / "messages.mo").open("rb") as handle:
+        compiled = {_key(m.id): _key(m.string) for m in read_mo(handle) if m.id}
+    source = {_key(m.id): _key(m.string) for m in _po(language) if m.id and m.string}
+    assert compiled == source, "run: pybabel compile -d locales -D messages"
+
+
+def test_a_missing_catalog_is_an_error_not_a_silent_english_fallback(tmp_path, monkeypatch):
+    monkeypatch.setattr(speech, "LOCALES_DIR", tmp_path)
+    monkeypatch.setattr(speech, "_catalogs", {})
+    with pytest.raises(MissingCatalog):
+        catalog("en")
+
+
+def test_plural_forms_are_chosen_by_count():
+    from dialogs.output import Say, Term
+    one = speech.text(Say("dispense.due", {"visit": Term("visit.V2"), "count": 1}), "en")
+    two = speech.text(Say("dispense.due", {"visit": Term("visit.V2"), "count": 2}), "en")
+    assert "1 kit." in one and "2 kits." in two
+
+
+def test_digits_are_read_one_by_one_and_unknown_terms_by_their_code():
+    from dialogs.output import Digits, Say, Term
+    said = speech.text(Say("kits.give", {"kit": Digits("123456"), "visit": Term("visit.W9")}),
+                       "en")
+    assert said == "For W9, give kit 1 2 3 4 5 6."
