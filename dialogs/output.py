@@ -29,6 +29,12 @@ class Term(str):
     __slots__ = ()
 
 
+class LanguageName(str):
+    """A language code ("fr") said as the language's name in the language spoken."""
+
+    __slots__ = ()
+
+
 def _param_to_json(value: Any) -> Any:
     if isinstance(value, Digits):
         return {"digits": str(value)}

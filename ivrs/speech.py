@@ -19,7 +19,7 @@ from babel import Locale
 from babel.dates import format_date
 from babel.support import Translations
 
-from dialogs.output import Digits, Say, Term
+from dialogs.output import Digits, LanguageName, Say, Term
 
 LOCALES_DIR = Path(str(files("locales")))
 DOMAIN = "messages"
@@ -117,6 +117,8 @@ def _spoken(value: Any, language: str) -> str:
     if isinstance(value, Term):
         found = _lookup(str(value), language)
         return found if found is not None else str(value).rsplit(".", 1)[-1]
+    if isinstance(value, LanguageName):
+        return Locale.parse(str(value)).get_display_name(Locale.parse(language)) or str(value)
     if isinstance(value, date):
         return format_date(value, format="long", locale=Locale.parse(language))
     return str(value)

@@ -8,7 +8,7 @@ from typing import Any
 from core.errors import IvrsError, Refused
 from core.login import Login, change_pin, sign_in
 from core.pins import is_valid_pin
-from dialogs.output import KEY, NUMBER, Digits, Say
+from dialogs.output import KEY, NUMBER, Digits, LanguageName, Say
 
 MAX_LOGIN_FAILURES = 3  # wrong user ID/PIN pairs in one call before it ends
 
@@ -75,7 +75,8 @@ class LoginFlow:
 
     def language_menu(self) -> list[Say]:
         languages = self.session["languages"]
-        return [Say("language.option", {"digit": index}, language=code)
+        return [Say("language.option", {"digit": index, "language": LanguageName(code)},
+                    language=code)
                 for index, code in enumerate(languages, start=1)]
 
     def language_chosen(self) -> bool:
