@@ -11,7 +11,7 @@ import logging
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import text
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from ivrs import calls
 from ivrs.twiml import apology
@@ -38,8 +38,12 @@ def signature_valid() -> bool:
         url = settings.public_base_url + request.full_path.rstrip("?")
     else:
         url = request.url
+    # Twilio names the algorithm in this header when it signs with HMAC-SHA256;
+    # without it the signature is the classic HMAC-SHA1.
+    algorithm = get_signature_algorithm(
+        request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
     return RequestValidator(settings.twilio_auth_token).validate(
-        url, request.form.to_dict(flat=True), signature)
+        url, request.form.to_dict(flat=True), signature, algorithm)
 
 
 @blueprint.before_request

@@ -68,6 +68,7 @@ class CallModel:
 
     def __init__(self, session: dict[str, Any], ctx: CallContext):
         self.session, self.ctx = session, ctx
+        self.state: str = session["state"]  # restored: no on_enter runs
         self.slots: dict[str, Any] = session.setdefault("slots", {})
         self.entry = ""  # the keys of this request, without the final #
         self.out: list[Say] = []  # said before the state's prompt
@@ -126,6 +127,11 @@ class CallModel:
     def hang_up(self, prompt: str) -> Turn:
         self.trigger("to_goodbye")
         return Turn((*self.out, Say(prompt)), gather=None, hangup=True)
+
+    def trigger(self, event: str) -> bool:
+        """Fire an event of the shared machine on this call (False: no transition
+        accepted the entry)."""
+        return self.machine.events[event].trigger(self)
 
     def current_state(self) -> PromptState:
         return self.machine.get_state(self.state)
