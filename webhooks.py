@@ -11,7 +11,13 @@ import logging
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import text
-from twilio.request_validator import RequestValidator, get_signature_algorithm
+from twilio.request_validator import RequestValidator
+
+try:  # twilio >= 9.x with HMAC-SHA256 webhook signatures
+    from twilio.request_validator import get_signature_algorithm
+except ImportError:  # pragma: no cover - older library: HMAC-SHA1 only
+    def get_signature_algorithm(header):
+        return None
 
 from ivrs import calls
 from ivrs.twiml import apology
