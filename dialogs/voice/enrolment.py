@@ -87,7 +87,6 @@ class EnrolmentFlow:
         return len(self.session["user"]["sites"]) > 1
 
     def keep_only_site(self) -> None:
-        self.slots.clear()
         sites = self.session["user"]["sites"]
         self.slots["site"] = sites[0] if sites else ""
 
