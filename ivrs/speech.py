@@ -35,7 +35,7 @@ SAY_LANGUAGES = {
 log = logging.getLogger(__name__)
 _catalogs: dict[str, Translations] = {}
 _catalogs_lock = threading.Lock()
-_warned: set[str] = set()
+_uncatalogued: set[str] = set()
 
 
 class MissingCatalog(LookupError):
@@ -66,13 +66,16 @@ def say_language(language: str) -> str:
 def spoken_language(language: str) -> str:
     """The language we can speak: this one if its catalog exists, else English
     (a study may list languages whose catalogs a later release brings)."""
+    if language in _catalogs:
+        return language
+    if language in _uncatalogued:  # asked on every prompt: no file check each time
+        return SOURCE_LANGUAGE
     try:
         catalog(language)
         return language
     except MissingCatalog:
-        if language not in _warned:
-            _warned.add(language)
-            log.warning("no catalog for language %s: English is spoken instead", language)
+        _uncatalogued.add(language)
+        log.warning("no catalog for language %s: English is spoken instead", language)
         return SOURCE_LANGUAGE
 
 
@@ -96,11 +99,8 @@ def texts(says: tuple[Say, ...] | list[Say], language: str) -> list[str]:
 
 
 def _lookup(message_id: str, language: str, count: Any = None) -> str | None:
-    for lang in dict.fromkeys((language, SOURCE_LANGUAGE)):
-        try:
-            translations = catalog(lang)
-        except MissingCatalog:
-            continue
+    for lang in dict.fromkeys((spoken_language(language), SOURCE_LANGUAGE)):
+        translations = catalog(lang)
         if isinstance(count, int):
             found = translations.ngettext(message_id, message_id + ".plural", count)
             if found not in (message_id, message_id + ".plural"):
