@@ -241,7 +241,9 @@ def audit_verify(study: str | None) -> None:
 @click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
               help="Where to create the demo database (default: ./ivrs-demo).")
 def demo(directory: str | None) -> None:
-    """Create a demo study in a SQLite file and run it through the core services."""
+    """Create a demo study in a SQLite file and play calls to it, printed as
+    conversations, then the blinded reports. At a terminal, offers a call of
+    your own; otherwise scripted, never waiting for input."""
     from ivrs.demo import run_demo
 
     run_demo(directory or "ivrs-demo", echo=click.echo)
@@ -249,7 +251,9 @@ def demo(directory: str | None) -> None:
 
 import ivrs.cli_supply  # noqa: E402,F401  (registers `kits` and `shipments`)
 import ivrs.cli_jobs  # noqa: E402,F401  (registers `supply run` and `outbox`)
+import ivrs.cli_serve  # noqa: E402,F401  (registers `serve`)
 
 
+import ivrs.cli_call  # noqa: E402,F401  (registers `call`)
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,10 +1,12 @@
-"""``ivrs demo``: a demo study in a SQLite file, played through the core services.
+"""``ivrs demo``: a demo study in a SQLite file, played by telephone.
 
-This first version drives the services directly (the voice and SMS dialogs
-arrive with their own issues and will replace these calls with real ones). It
-shows what a site sees: subject numbers, randomization numbers, confirmation
-numbers, refusals with their reasons; and what the sponsor sees: the blinded
-subjects report and the audit chain's verification.
+The site staff's actions are real calls: a ``Phone`` speaks to the webhook
+routes of the app in this process, with signed requests and the in-process
+session store, exactly as Twilio would; each call is printed as the
+conversation the caller has (``ivrs>`` / ``you>``). The depot's side (the
+resupply job, the dispatch) goes through the services, as the depot's own
+tools would. Then the sponsor's view: the blinded reports and the audit
+chain's verification. Nothing printed names an arm or a kit type.
 """
 
 from __future__ import annotations
@@ -13,28 +15,29 @@ import csv
 import io
 import os
 import random
+import secrets
+import sys
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable
+
+from sqlalchemy import select
 
 from core.actors import Actor
 from core.audit import verify
 from core.clock import today
 from core.db import Database
-from core.errors import IvrsError
 from core.migrate import upgrade
+from core.models import StudyPhoneNumber
 from core.mrl import import_mrl
-from core.randomize import randomize
 from core.reports import subjects as subjects_report
 from core.studies import get_study
 from core.study_loader import load_study
-from core.subjects import record_screen_failure, screen_subject
-from core.supply.dispensing import dispense
 from core.supply.dispensing_report import dispensing as dispensing_report
 from core.supply.kit_import import import_kits
-from core.supply.receipt import receive_shipment
 from core.supply.reports import site_inventory
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
@@ -101,44 +104,6 @@ def days_later(days: int):
             os.environ["IVRS_TODAY"] = previous
 
 
-def play_supply(db: Database, echo: Callable[[str], None], paris: Actor) -> None:
-    """The supply half: resupply, a shipment dispatched and received, visits."""
-    depot = Actor(role="depot_manager", user_code="7001", channel="demo")
-    echo("")
-    echo("== supply run (resupply job)")
-    shipments = run_resupply(db, study=STUDY_CODE)
-    for shipment in shipments:
-        echo(f"shipment {shipment.shipment_number} to site {shipment.site}: {shipment.kits} kits"
-             f" ({shipment.reason})")
-    for shipment in shipments:
-        dispatch_shipment(db, shipment_number=shipment.shipment_number, carrier="DHL",
-                          tracking_number=f"JD0146{shipment.shipment_number}", actor=depot,
-                          study=STUDY_CODE)
-        echo(f"[depot 90, user 7001] dispatched shipment {shipment.shipment_number} with DHL")
-    to_paris = next((s for s in shipments if s.site == "101"), None)
-    if to_paris is not None:
-        received = receive_shipment(db, shipment_number=to_paris.shipment_number, actor=paris,
-                                    study=STUDY_CODE)
-        echo(f"[site 101, user 5001] shipment {received.shipment_number} received: "
-             f"{received.received} kits in good condition "
-             f"(confirmation {received.confirmation})")
-
-    echo("")
-    with days_later(28) as day:
-        visit = dispense(db, subject_number="1010001", actor=paris, study=STUDY_CODE)
-        echo(f"[{day}] [site 101] subject 1010001 visit {visit.visit}: kit(s) "
-             f"{', '.join(visit.kits)} (confirmation {visit.confirmation})")
-    with days_later(56) as day:
-        visit = dispense(db, subject_number="1010002", actor=paris, study=STUDY_CODE)
-        missed = f"; missed and skipped: {', '.join(visit.missed)}" if visit.missed else ""
-        echo(f"[{day}] [site 101] subject 1010002 visit {visit.visit}: kit(s) "
-             f"{', '.join(visit.kits)}{missed} (confirmation {visit.confirmation})")
-        later = run_resupply(db, study=STUDY_CODE)
-        for shipment in later:
-            echo(f"[{day}] supply run: stock at site {shipment.site} reached its trigger, "
-                 f"shipment {shipment.shipment_number} of {shipment.kits} kits requested")
-
-
 def set_up_demo_study(db: Database, workdir: Path, echo: Callable[[str], None] = print) -> None:
     """The demo study, its randomization list and its kits, in a migrated database."""
     study_file = workdir / "study.yaml"
@@ -156,61 +121,204 @@ def set_up_demo_study(db: Database, workdir: Path, echo: Callable[[str], None] =
     echo(f"Imported the kit list {kits_file}: stock at depot 90 and at sites 101 and 102")
 
 
-def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
-    workdir = Path(directory)
-    workdir.mkdir(parents=True, exist_ok=True)
-    database_file = workdir / "demo.sqlite3"
-    if database_file.exists():
-        database_file.unlink()  # a demo starts from scratch every time
-    db = Database(f"sqlite:///{database_file}")
-    upgrade(db.engine)
-    echo(f"== ivrs demo: database {database_file}")
-    set_up_demo_study(db, workdir, echo)
 
-    # Site staff act as themselves: the coordinator in Paris, the investigator in Barcelona.
-    paris = Actor(role="site_coordinator", user_code="5001", site_codes=frozenset({"101"}),
-                  channel="demo")
-    barcelona = Actor(role="investigator", user_code="5002", site_codes=frozenset({"102"}),
-                      channel="demo")
-    yes = {"INC1": True, "INC2": True, "EXC1": True}
-    echo("")
-    for actor, site, factors in [
-        (paris, "101", {"SEX": "F", "AGE": "LT65"}),
-        (paris, "101", {"SEX": "M", "AGE": "GE65"}),
-        (barcelona, "102", {"SEX": "F", "AGE": "LT65"}),
-        (barcelona, "102", {"SEX": "M", "AGE": "LT65"}),
-    ]:
-        screened = screen_subject(db, site_code=site, actor=actor, study=STUDY_CODE)
-        echo(f"[site {site}, user {actor.user_code}] screened subject {screened.subject_number}"
-             f" (confirmation {screened.confirmation})")
-        result = randomize(db, subject_number=screened.subject_number, actor=actor,
-                           study=STUDY_CODE, eligibility=yes, factors=factors)
-        # What the site hears: the number, never the arm (the study is blinded).
-        echo(f"[site {site}, user {actor.user_code}] randomized {result.subject_number}: "
-             f"randomization number {result.randomization_number}, "
-             f"kit(s) {', '.join(result.kits) or 'none'} for visit {result.visit} "
-             f"(confirmation {result.confirmation})")
+# --- the calls ------------------------------------------------------------------------------
 
-    echo("")
-    ineligible = screen_subject(db, site_code="101", actor=paris, study=STUDY_CODE)
-    try:
-        randomize(db, subject_number=ineligible.subject_number, actor=paris, study=STUDY_CODE,
-                  eligibility={**yes, "INC2": False}, factors={"SEX": "M", "AGE": "LT65"})
-    except IvrsError as refused:
-        echo(f"[site 101] randomization of {ineligible.subject_number} refused: {refused}")
-    failed = record_screen_failure(db, subject_number=ineligible.subject_number,
-                                   reason="inclusion criterion 2 not met", actor=paris,
-                                   study=STUDY_CODE)
-    echo(f"[site 101] {failed.subject_number} recorded as screen failure "
-         f"(confirmation {failed.confirmation})")
-    try:
-        randomize(db, subject_number="1020001", actor=paris, study=STUDY_CODE,
-                  eligibility=yes, factors={"SEX": "F", "AGE": "LT65"})
-    except IvrsError as refused:
-        echo(f"[site 101] user 5001 tried subject 1020001 of another site: {refused}")
 
-    play_supply(db, echo, paris)
+@dataclass(frozen=True)
+class Caller:
+    """Someone of the demo study's staff, as its study file knows them."""
 
+    who: str
+    phone: str
+    user: str
+    pin: str
+
+
+PARIS = Caller("Marie Curie, coordinator at site 101 (Paris)", "+33612345678", "5001", "2468")
+BARCELONA = Caller("Santiago Ramón, investigator at site 102 (Barcelona)", "+34612345678",
+                   "5002", "1357")
+DEPOT = "[depot 90, user 7001]"
+
+# Keypad answers of the demo study's randomization questions.
+ELIGIBLE = ("1", "1", "1")  # INC1, INC2, EXC1: yes
+FEMALE, MALE = "2", "1"
+UNDER_65, OVER_65 = "1", "2"
+
+
+class DemoLine:
+    """The demo's telephone line: the webhook routes of an app in this process.
+
+    The demo makes up a Twilio auth token for its run and signs every request
+    with it, so its calls pass the same signature check as Twilio's.
+    """
+
+    def __init__(self, db: Database, echo: Callable[[str], None], width: int | None) -> None:
+        from ivrs.app import create_app
+        from ivrs.config import Settings
+        from ivrs.sessions import MemorySessionStore
+
+        self.token = secrets.token_urlsafe(32)
+        settings = Settings(database_url=db.engine.url.render_as_string(hide_password=False),
+                            twilio_auth_token=self.token)
+        self.app = create_app(settings, db=db, store=MemorySessionStore())
+        self.echo, self.width = echo, width
+        with db.sessions() as session:
+            study_id = get_study(session, STUDY_CODE).id
+            self.number = session.execute(select(StudyPhoneNumber.number).where(
+                StudyPhoneNumber.study_id == study_id).order_by(StudyPhoneNumber.id)).scalar()
+
+    def call(self, caller: Caller, purpose: str, *, sign_in: bool = True):
+        """A call from a caller's phone, signed in unless told otherwise."""
+        from ivrs.cli_call import TerminalCall
+        from ivrs.phone import AppTransport, Phone
+
+        self.echo("")
+        self.echo(f"== {purpose}: {caller.who} calls {self.number} from {caller.phone}")
+        phone = Phone(AppTransport(self.app), caller=caller.phone, dialed=self.number,
+                      auth_token=self.token)
+        call = TerminalCall(phone, self.echo, width=self.width)
+        call.dial()
+        if sign_in:
+            call.press(f"{caller.user}#")
+            call.press(f"{caller.pin}#")
+        return call
+
+
+@dataclass
+class DemoRun:
+    """What the scenes share: the database, the line, and what earlier calls learned."""
+
+    db: Database
+    line: DemoLine
+    echo: Callable[[str], None]
+    subjects: dict[str, list[str]] = field(default_factory=dict)  # site -> subject numbers
+    shipments: list = field(default_factory=list)  # dispatched by the depot
+
+
+def screen_by_phone(call, run: DemoRun, site: str) -> str:
+    """Menu 1 at a one-site user: the new subject number is the first number said."""
+    from ivrs.cli_call import spoken_numbers
+
+    call.press("1")
+    subject = spoken_numbers(call.press("1"))[0]
+    run.subjects.setdefault(site, []).append(subject)
+    return subject
+
+
+def enter_subject(call, menu_key: str, subject: str):
+    """A menu option that starts with a subject number, read back and confirmed."""
+    call.press(menu_key)
+    call.press(f"{subject}#")
+    return call.press("1")
+
+
+def randomize_by_phone(call, subject: str, sex: str, age: str) -> None:
+    enter_subject(call, "2", subject)
+    for answer in ELIGIBLE:
+        call.press(answer)
+    call.press(sex)
+    call.press(age)
+    call.press("1")
+
+
+def paris_randomizes(run: DemoRun) -> None:
+    call = run.line.call(PARIS, "Paris screens and randomizes two subjects")
+    for sex, age in ((FEMALE, UNDER_65), (MALE, OVER_65)):
+        randomize_by_phone(call, screen_by_phone(call, run, "101"), sex, age)
+    call.hang_up()
+
+
+def barcelona_randomizes(run: DemoRun) -> None:
+    call = run.line.call(BARCELONA, "Barcelona screens and randomizes a subject")
+    randomize_by_phone(call, screen_by_phone(call, run, "102"), FEMALE, UNDER_65)
+    call.hang_up()
+
+
+def paris_ineligible_subject(run: DemoRun) -> None:
+    """A no to an eligibility question, then the screen failure; and another site's subject."""
+    call = run.line.call(PARIS, "Paris: a subject who is not eligible")
+    subject = screen_by_phone(call, run, "101")
+    enter_subject(call, "2", subject)
+    call.press(ELIGIBLE[0])
+    call.press("2")  # INC2: no
+    enter_subject(call, "6", subject)
+    call.press("1")  # reason: not eligible
+    call.press("1")  # record it
+    other_site = run.subjects.get("102", [])
+    if other_site:
+        enter_subject(call, "2", other_site[0])
+        call.press("*")  # back to the menu
+    call.hang_up()
+
+
+def depot_ships(run: DemoRun) -> None:
+    """The depot's side is not a phone call: the resupply job, then the dispatch."""
+    run.echo("")
+    run.echo("== the supply run (resupply job) and the depot")
+    for shipment in run_resupply(run.db, study=STUDY_CODE):
+        run.echo(f"supply run: shipment {shipment.shipment_number} to site {shipment.site}: "
+                 f"{shipment.kits} kits ({shipment.reason})")
+        dispatch_shipment(run.db, shipment_number=shipment.shipment_number, carrier="DHL",
+                          tracking_number=f"JD0146{shipment.shipment_number}",
+                          actor=Actor(role="depot_manager", user_code="7001", channel="demo"),
+                          study=STUDY_CODE)
+        run.echo(f"{DEPOT} dispatched shipment {shipment.shipment_number} with DHL")
+        run.shipments.append(shipment)
+
+
+def paris_receives(run: DemoRun) -> None:
+    to_paris = next((s for s in run.shipments if s.site == "101"), None)
+    if to_paris is None:
+        return
+    call = run.line.call(PARIS, f"Paris confirms the receipt of shipment "
+                                f"{to_paris.shipment_number}")
+    enter_subject(call, "5", to_paris.shipment_number)
+    call.press("1")  # every kit arrived in good condition
+    call.press("1")  # confirm
+    call.hang_up()
+
+
+def paris_visit_2(run: DemoRun) -> None:
+    """Four weeks on (UAT time travel): visit 2 of the first subject, then the supply run."""
+    subject = run.subjects["101"][0]
+    with days_later(28) as day:
+        call = run.line.call(PARIS, f"{day}, visit 2 of subject {subject}")
+        enter_subject(call, "3", subject)
+        call.press("1")  # dispense the kits of the visit due
+        call.hang_up()
+        for shipment in run_resupply(run.db, study=STUDY_CODE):
+            run.echo(f"[{day}] supply run: stock at site {shipment.site} reached its trigger: "
+                     f"shipment {shipment.shipment_number} of {shipment.kits} kits requested")
+
+
+# The demo, in order. Another exchange (an SMS, a call in another language) is
+# one more function taking the DemoRun, added here.
+SCENES: tuple[Callable[[DemoRun], None], ...] = (
+    paris_randomizes,
+    barcelona_randomizes,
+    paris_ineligible_subject,
+    depot_ships,
+    paris_receives,
+    paris_visit_2,
+)
+
+
+def offer_a_call(run: DemoRun) -> None:
+    """At a terminal: one call of the visitor's own, with the Paris coordinator's phone."""
+    from ivrs.cli_call import converse, read_terminal
+
+    run.echo("")
+    answer = read_terminal(f"Your turn: call as {PARIS.who} (user ID {PARIS.user}, PIN "
+                           f"{PARIS.pin}). Type c and Enter to call, or press Enter to skip: ",
+                           False)
+    if (answer or "").strip().lower() != "c":
+        return
+    run.echo("(keys and Enter; an empty line is silence; q hangs up)")
+    converse(run.line.call(PARIS, "Your call", sign_in=False), read_terminal)
+
+
+def print_reports(db: Database, echo: Callable[[str], None]) -> None:
     echo("")
     with db.sessions() as session:
         study = get_study(session, STUDY_CODE)
@@ -221,7 +329,32 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> Database:
             echo(_csv(columns, rows))
             echo("")
         problem = verify(session, study.id)
-    echo("")
     echo("== audit chain: " + ("intact" if problem is None else f"BROKEN: {problem}"))
-    echo(f"Try: DATABASE_URL=sqlite:///{database_file} ivrs report randomization")
+
+
+def run_demo(directory: str, echo: Callable[[str], None] = print, *,
+             interactive: bool | None = None) -> Database:
+    """The demo from scratch in ``directory``; ``interactive`` (default: stdin is a
+    terminal) offers a call of one's own after the scripted ones."""
+    from ivrs.cli_call import terminal_width
+
+    workdir = Path(directory)
+    workdir.mkdir(parents=True, exist_ok=True)
+    database_file = workdir / "demo.sqlite3"
+    if database_file.exists():
+        database_file.unlink()  # a demo starts from scratch every time
+    db = Database(f"sqlite:///{database_file}")
+    upgrade(db.engine)
+    echo(f"== ivrs demo: database {database_file}")
+    set_up_demo_study(db, workdir, echo)
+
+    run = DemoRun(db, DemoLine(db, echo, terminal_width()), echo)
+    for scene in SCENES:
+        scene(run)
+    if sys.stdin.isatty() if interactive is None else interactive:
+        offer_a_call(run)
+
+    print_reports(db, echo)
+    echo(f"Try: export DATABASE_URL=sqlite:///{database_file}; ivrs call; "
+         f"ivrs report randomization")
     return db

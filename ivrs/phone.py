@@ -123,14 +123,24 @@ class Phone:
         path, form = self._last_request
         return self._post(path, form, remember=False)
 
-    def _post(self, path: str, extra: dict[str, str], remember: bool = True) -> Heard:
+    def hang_up(self, status: str = "completed") -> int:
+        """The status callback Twilio sends when the call ends; returns the HTTP status."""
+        if not self.call_sid:
+            return 0
+        status_code, _ = self._send("/voice/status", {"CallStatus": status})
+        return status_code
+
+    def _send(self, path: str, extra: dict[str, str]) -> tuple[int, str]:
         form = {"CallSid": self.call_sid, "AccountSid": "AC" + "0" * 32, "From": self.caller,
                 "To": self.dialed, "CallStatus": "in-progress", "Direction": "inbound", **extra}
         headers = {}
         if self.auth_token:
             headers["X-Twilio-Signature"] = RequestValidator(self.auth_token).compute_signature(
                 self.public_base_url + path, form)
-        status, body = self.transport.post(path, form, headers)
+        return self.transport.post(path, form, headers)
+
+    def _post(self, path: str, extra: dict[str, str], remember: bool = True) -> Heard:
+        status, body = self._send(path, extra)
         heard = parse_twiml(status, body)
         if remember:
             self._last_request = (path, extra)

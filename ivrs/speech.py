@@ -75,7 +75,7 @@ def spoken_language(language: str) -> str:
         return language
     except MissingCatalog:
         _uncatalogued.add(language)
-        log.warning("no catalog for language %s: English is spoken instead", language)
+        log.info("no catalog for language %s: English is spoken instead", language)
         return SOURCE_LANGUAGE
 
 

@@ -121,13 +121,29 @@ def test_user_administration(loaded, db):
     assert "1234" not in audit and "4321" not in audit
 
 
-def test_demo_runs_end_to_end(tmp_path, monkeypatch):
+def test_demo_plays_real_calls_and_prints_them_blinded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "randomization number" in out
-    assert "refused" in out and "subject_number,site,status" in out
+    # Calls, printed as conversations, with who calls from where.
+    assert "coordinator at site 101 (Paris) calls +15005550006 from +33612345678" in out
+    assert "investigator at site 102 (Barcelona) calls" in out
+    assert "you> 5001#" in out and "you> ****#" in out and "you> 2468" not in out
+    for subject in ("1010001", "1010002", "1020001"):
+        assert f"Subject {' '.join(subject)} is randomized." in out
+    assert "give kit" in out
+    assert "Subject 1 0 1 0 0 0 3 is not eligible." in out
+    assert "Screen failure of subject 1 0 1 0 0 0 3 recorded." in out
+    assert "That is not one of your sites." in out
+    assert "dispatched shipment 500001" in out and "Shipment 5 0 0 0 0 1 is received" in out
+    assert "For visit 2, give kit" in out
+    # Scripted when stdin is not a terminal: no offer to call, no waiting.
+    assert "Your turn" not in out
+    # The reports, from what the calls did.
+    assert "1010003,101,screen_failed" in out and "1020001,102,randomized" in out
+    assert "1010001,V2," in out
     assert "audit chain: intact" in out
-    # blinded: the demo never prints an arm name or code column
-    assert "Placebo" not in out and "Drug X" not in out and ",arm" not in out
+    # Blinded: no arm name or code, no kit type, no arm column.
+    for word in ("Drug X", "Placebo", "KA", "KP", ",arm"):
+        assert word not in out, word

@@ -142,7 +142,7 @@ def test_dispense_at_the_visit_due(voice, monkeypatch):
     phone.press("3")
     phone.press(subject + "#")
     heard = phone.press("1")
-    assert says(heard, "visit 2 is due, 2 kits"), heard.text
+    assert says(heard, "Due now: visit 2, 2 kits"), heard.text
     heard = phone.press("1")
     kits = [n for n in spoken_numbers(heard) if len(n) == 6][:2]
     assert says(heard, "For visit 2, give kit") and len(kits) == 2
