@@ -181,3 +181,25 @@ def test_logs_name_the_call_and_never_the_pin(voice, caplog):
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert phone.call_sid in logged
     assert "2468" not in logged
+
+
+def test_signatures_with_a_port_or_with_sha256_are_accepted(voice):
+    client = voice.app.test_client()
+    validator = RequestValidator(TOKEN)
+    with_port = validator.compute_signature("http://localhost:80/voice", FORM)
+    assert client.post("/voice", data=FORM,
+                       headers={"X-Twilio-Signature": with_port}).status_code == 200
+    form = {**FORM, "CallSid": "CA" + "2" * 32}
+    sha256 = validator.compute_signature("http://localhost/voice", form, "HMAC_SHA256")
+    headers = {"X-Twilio-Signature": sha256,
+               "X-Twilio-Webhooks-Signature-Settings": "key=k1,algorithm=HMAC_SHA256"}
+    assert client.post("/voice", data=form, headers=headers).status_code == 200
+    # The same SHA-256 signature claimed as the classic SHA-1 one does not pass.
+    assert client.post("/voice", data=form,
+                       headers={"X-Twilio-Signature": sha256}).status_code == 403
+    # An algorithm the library does not know is refused, not an error.
+    headers["X-Twilio-Webhooks-Signature-Settings"] = "algorithm=HMAC_MD5"
+    assert client.post("/voice", data=form, headers=headers).status_code == 403
+    # A signature header that is not ASCII is refused, not an error.
+    assert client.post("/voice", data=form,
+                       headers={"X-Twilio-Signature": "signé"}).status_code == 403
