@@ -234,6 +234,17 @@ def number_entry(entry: str, slot: str, prompt: str, ok_dest: str,
     return states, transitions
 
 
+def confirm_or_cancel(source: str, action: str) -> list[dict]:
+    """At a confirmation prompt: ``1`` runs ``action`` (a transaction) and returns
+    to the menu, ``2`` cancels, saying that nothing was recorded."""
+    return [
+        {"trigger": "key", "source": source, "dest": "menu", "conditions": "pressed_1",
+         "after": action},
+        {"trigger": "key", "source": source, "dest": "menu", "conditions": "pressed_2",
+         "after": "say_cancelled"},
+    ]
+
+
 def subject_entry(prefix: str, ok_dest: str, check: str) -> tuple[list[dict], list[dict]]:
     return number_entry(f"{prefix}_subject", "subject", "subject.enter", ok_dest, check)
 

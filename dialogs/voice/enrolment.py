@@ -14,7 +14,7 @@ from core.previews import randomization_questions, status_change
 from core.randomize import randomize
 from core.subjects import discontinue, record_screen_failure, screen_subject
 from dialogs.output import KEY, NUMBER, Digits, Say, Term
-from dialogs.voice.base import subject_entry
+from dialogs.voice.base import confirm_or_cancel, subject_entry
 
 # Reasons by keypad digit, per kind of status change (the audit trail keeps the code).
 REASONS = {
@@ -51,10 +51,7 @@ TRANSITIONS: list[dict[str, Any]] = [
      "conditions": "pressed_1", "after": "do_screen"},
     {"trigger": "key", "source": "screen_site_ok", "dest": "screen_site",
      "conditions": "pressed_2"},
-    {"trigger": "key", "source": "screen_confirm", "dest": "menu", "conditions": "pressed_1",
-     "after": "do_screen"},
-    {"trigger": "key", "source": "screen_confirm", "dest": "menu", "conditions": "pressed_2",
-     "after": "say_cancelled"},
+    *confirm_or_cancel("screen_confirm", "do_screen"),
     # 2: randomize
     {"trigger": "key", "source": "menu", "dest": "rand_subject", "conditions": "chose_2"},
     *_rand_transitions,
@@ -71,10 +68,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     *_status_transitions,
     {"trigger": "key", "source": "status_reason", "dest": "status_confirm",
      "conditions": "reason_chosen"},
-    {"trigger": "key", "source": "status_confirm", "dest": "menu", "conditions": "pressed_1",
-     "after": "do_status_change"},
-    {"trigger": "key", "source": "status_confirm", "dest": "menu", "conditions": "pressed_2",
-     "after": "say_cancelled"},
+    *confirm_or_cancel("status_confirm", "do_status_change"),
 ]
 
 
@@ -137,10 +131,11 @@ class EnrolmentFlow:
         question = self._question()
         if question["kind"] == "summary":
             return self.randomization_summary()
+        code = question["code"]
         if question["kind"] == "eligibility":
-            return [Say("rand.eligibility", {"question": Term("eligibility." + question["code"])})]
-        return [Say("rand.factor", {"factor": Term("factor." + question["code"])}), *[
-            Say("rand.level", {"digit": position, "level": Term(f"level.{question['code']}.{level}")})
+            return [Say("rand.eligibility", {"question": Term("eligibility." + code)})]
+        return [Say("rand.factor", {"factor": Term("factor." + code)}), *[
+            Say("rand.level", {"digit": position, "level": Term(f"level.{code}.{level}")})
             for position, level in enumerate(question["levels"], start=1)]]
 
     def answered(self) -> bool:

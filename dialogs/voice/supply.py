@@ -10,7 +10,7 @@ from core.previews import kit_in_shipment, shipment_due, visit_due
 from core.supply.dispensing import dispense, replace_kit
 from core.supply.receipt import receive_shipment
 from dialogs.output import KEY, NUMBER, Digits, Say, Term
-from dialogs.voice.base import number_entry, subject_entry
+from dialogs.voice.base import confirm_or_cancel, number_entry, subject_entry
 
 REPLACEMENT_REASONS = ("lost", "damaged")  # by keypad digit
 MAX_REPORTED_KITS = 50  # kit numbers typed one by one: beyond this, call the depot
@@ -40,10 +40,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     # 3: dispense
     {"trigger": "key", "source": "menu", "dest": "disp_subject", "conditions": "chose_3"},
     *_disp_transitions,
-    {"trigger": "key", "source": "disp_confirm", "dest": "menu", "conditions": "pressed_1",
-     "after": "do_dispense"},
-    {"trigger": "key", "source": "disp_confirm", "dest": "menu", "conditions": "pressed_2",
-     "after": "say_cancelled"},
+    *confirm_or_cancel("disp_confirm", "do_dispense"),
     # 4: replace a kit
     {"trigger": "key", "source": "menu", "dest": "repl_subject", "conditions": "chose_4"},
     *_repl_transitions,
@@ -66,10 +63,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "key", "source": "recv_kit_ok", "dest": "recv_kit", "conditions": "pressed_2",
      "before": "mark_missing"},
     {"trigger": "key", "source": "recv_kit_ok", "dest": "recv_kit", "conditions": "pressed_3"},
-    {"trigger": "key", "source": "recv_confirm", "dest": "menu", "conditions": "pressed_1",
-     "after": "do_receive"},
-    {"trigger": "key", "source": "recv_confirm", "dest": "menu", "conditions": "pressed_2",
-     "after": "say_cancelled"},
+    *confirm_or_cancel("recv_confirm", "do_receive"),
 ]
 
 
