@@ -164,6 +164,8 @@ def test_replace_a_damaged_kit(voice):
     heard = phone.press("1")
     assert says(heard, "a lost kit, press 1", "a damaged kit, press 2")
     heard = phone.press("2")
+    assert says(heard, f"Replace kit {' '.join(kit)}", "a damaged kit? Press 1 to confirm")
+    heard = phone.press("1")
     assert says(heard, f"Kit {' '.join(kit)} is replaced", "give kit"), heard.text
     with voice.db.sessions() as session:
         assert session.execute(select(Kit.status).where(Kit.kit_number == kit)).scalar() \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from twilio.request_validator import RequestValidator
@@ -15,10 +17,13 @@ from ivrs.phone import AppTransport, Phone, parse_twiml
 from ivrs.sessions import MemorySessionStore, SessionStoreError
 from voice import PARIS, TOKEN, says
 
-FORM = {"CallSid": "CA" + "1" * 32, "From": PARIS, "To": "+15005550006"}
+def call_form() -> dict[str, str]:
+    """A new call's fields (a fresh CallSid: sessions may outlive a test in Redis)."""
+    return {"CallSid": "CA" + secrets.token_hex(16), "From": PARIS, "To": "+15005550006"}
 
 
 def test_unsigned_and_wrongly_signed_requests_get_403_and_change_nothing(voice):
+    FORM = call_form()
     client = voice.app.test_client()
     before = table_counts(voice.db)
     assert client.post("/voice", data=FORM).status_code == 403
@@ -49,6 +54,7 @@ def test_a_tampered_field_breaks_the_signature(voice):
 
 
 def test_no_auth_token_configured_refuses_everything(db):
+    FORM = call_form()
     app = create_app(Settings(database_url="unused"), db=db, store=MemorySessionStore())
     assert app.test_client().post("/voice", data=FORM).status_code == 403
 
@@ -156,6 +162,7 @@ def test_a_database_failure_is_an_apology_not_a_500(voice, monkeypatch):
 
 
 def test_missing_call_sid_or_bad_step_is_answered_in_twiml(voice):
+    FORM = call_form()
     client = voice.app.test_client()
     for path, form in (("/voice", {"From": PARIS}), ("/voice?step=abc", FORM),
                        ("/voice?step=-1", FORM)):
@@ -184,6 +191,7 @@ def test_logs_name_the_call_and_never_the_pin(voice, caplog):
 
 
 def test_signatures_with_a_port_or_with_sha256_are_accepted(voice):
+    FORM = call_form()
     client = voice.app.test_client()
     validator = RequestValidator(TOKEN)
     with_port = validator.compute_signature("http://localhost:80/voice", FORM)

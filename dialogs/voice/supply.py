@@ -28,6 +28,7 @@ STATES: list[dict[str, Any]] = [
     *_repl_states,
     *_kit_states,
     {"name": "repl_reason", "prompt": "replace_reason_prompt", "gather": KEY},
+    {"name": "repl_confirm", "prompt": "replace_confirm_prompt", "gather": KEY},
     *_recv_states,
     {"name": "recv_condition", "prompt": "receipt_condition_prompt", "gather": KEY},
     {"name": "recv_kit", "prompt": "receipt_kit_prompt", "gather": NUMBER, "empty_ends": True,
@@ -45,8 +46,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "key", "source": "menu", "dest": "repl_subject", "conditions": "chose_4"},
     *_repl_transitions,
     *_kit_transitions,
-    {"trigger": "key", "source": "repl_reason", "dest": "menu",
-     "conditions": "replacement_reason", "after": "do_replace"},
+    {"trigger": "key", "source": "repl_reason", "dest": "repl_confirm",
+     "conditions": "replacement_reason"},
+    *confirm_or_cancel("repl_confirm", "do_replace"),
     # 5: shipment receipt
     {"trigger": "key", "source": "menu", "dest": "recv_shipment", "conditions": "chose_5"},
     *_recv_transitions,
@@ -116,6 +118,11 @@ class SupplyFlow:
             return False
         self.slots["reason"] = REPLACEMENT_REASONS[int(self.entry) - 1]
         return True
+
+    def replace_confirm_prompt(self) -> list[Say]:
+        return [Say("replace.confirm", {"kit": Digits(self.slots["kit"]),
+                                        "subject": Digits(self.slots["subject"]),
+                                        "reason": Term("reason." + self.slots["reason"])})]
 
     def do_replace(self) -> None:
         try:
