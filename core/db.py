@@ -67,8 +67,17 @@ class Database:
         from core.study_config import ConfigCache
 
         self.engine = engine or make_engine(url, **engine_kwargs)
+        cache = ConfigCache()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False,
-                                     info={"config_cache": ConfigCache()})
+                                     info={"config_cache": cache})
+        # Reads that change nothing (what a dialog checks before it acts): on
+        # PostgreSQL each statement commits on its own, which saves the BEGIN
+        # and ROLLBACK round trips of a transaction around one SELECT. SQLite
+        # keeps its transactions (BEGIN IMMEDIATE is its concurrency control).
+        readers = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
+                   if self.engine.dialect.name == "postgresql" else self.engine)
+        self.reads = sessionmaker(readers, expire_on_commit=False,
+                                  info={"config_cache": cache})
 
     @property
     def is_postgres(self) -> bool:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from core.actors import SITE_ROLES, Actor
 from core.clock import today
 from core.db import Database
 from core.errors import NotFound, Refused
-from core.models import Site, Subject
+from core.models import Site, Study, Subject
 from core.randomize import next_event
 from core.studies import StudyRef, study_ref
 from core.study_config import study_config
@@ -66,9 +66,8 @@ class StatusChange:
 def randomization_questions(db: Database, *, subject_number: str, actor: Actor,
                             study: str | None = None) -> RandomizationQuestions:
     actor.require(ENROLLING_ROLES, "randomize")
-    with db.sessions() as session:
-        ref = study_ref(session, study)
-        subject = _subject(session, ref, subject_number, actor)
+    with db.reads() as session:
+        ref, subject = _subject(session, study, subject_number, actor)
         config = study_config(session, ref.id, ref.config_version)
         event = next_event(session, config, subject)
         return RandomizationQuestions(
@@ -79,9 +78,8 @@ def randomization_questions(db: Database, *, subject_number: str, actor: Actor,
 def visit_due(db: Database, *, subject_number: str, actor: Actor,
               study: str | None = None) -> VisitDue:
     actor.require(DISPENSING_ROLES, "dispense kits")
-    with db.sessions() as session:
-        ref = study_ref(session, study)
-        subject = _subject(session, ref, subject_number, actor)
+    with db.reads() as session:
+        ref, subject = _subject(session, study, subject_number, actor)
         if subject.status == DISCONTINUED:
             raise Refused(f"subject {subject_number} is discontinued",
                           code="subject_discontinued")
@@ -101,7 +99,7 @@ def visit_due(db: Database, *, subject_number: str, actor: Actor,
 def shipment_due(db: Database, *, shipment_number: str, actor: Actor,
                  study: str | None = None) -> ShipmentDue:
     actor.require(SITE_ROLES, "confirm a shipment's receipt")
-    with db.sessions() as session:
+    with db.reads() as session:
         ref = study_ref(session, study)
         row = session.execute(
             select(Shipment.id, Shipment.status, Site.code)
@@ -122,7 +120,7 @@ def shipment_due(db: Database, *, shipment_number: str, actor: Actor,
 
 def kit_in_shipment(db: Database, *, shipment_number: str, kit_number: str,
                     study: str | None = None) -> bool:
-    with db.sessions() as session:
+    with db.reads() as session:
         ref = study_ref(session, study)
         return session.execute(
             select(Kit.id).join(ShipmentKit, ShipmentKit.kit_id == Kit.id)
@@ -135,8 +133,8 @@ def status_change(db: Database, *, subject_number: str, actor: Actor,
                   study: str | None = None) -> StatusChange:
     """Which change a subject can take: screen failure or discontinuation."""
     actor.require(ENROLLING_ROLES, "record a screen failure or discontinuation")
-    with db.sessions() as session:
-        subject = _subject(session, study_ref(session, study), subject_number, actor)
+    with db.reads() as session:
+        _, subject = _subject(session, study, subject_number, actor)
         kinds = {SCREENED: "screen_failure", RANDOMIZED: "discontinuation"}
         if subject.status not in kinds:
             raise Refused(f"subject {subject_number} is {subject.status}",
@@ -144,14 +142,28 @@ def status_change(db: Database, *, subject_number: str, actor: Actor,
         return StatusChange(subject_number, kinds[subject.status])
 
 
-def _subject(session: Session, study: StudyRef, subject_number: str,
-             actor: Actor) -> SubjectRow:
-    row = session.execute(
-        select(Subject.id, Subject.subject_number, Subject.status, Site.code)
-        .join(Site, Site.id == Subject.site_id)
-        .where(Subject.study_id == study.id, Subject.subject_number == subject_number)).first()
+_subjects, _sites, _studies = Subject.__table__, Site.__table__, Study.__table__
+# The subject and its study in one statement: the dialogs' hot path.
+_SUBJECT_IN_STUDY = (
+    select(_studies.c.id, _studies.c.code, _studies.c.config_version, _studies.c.eligibility,
+           _studies.c.languages, _subjects.c.id, _subjects.c.subject_number,
+           _subjects.c.status, _sites.c.code)
+    .join(_subjects, _subjects.c.study_id == _studies.c.id)
+    .join(_sites, _sites.c.id == _subjects.c.site_id)
+    .where(_studies.c.code == bindparam("study"),
+           _subjects.c.subject_number == bindparam("number")))
+
+
+def _subject(session: Session, study: str | None, subject_number: str,
+             actor: Actor) -> tuple[StudyRef, SubjectRow]:
+    code = study if study is not None else study_ref(session).code
+    row = session.execute(_SUBJECT_IN_STUDY, {"study": code, "number": subject_number}).first()
     if row is None:
+        study_ref(session, code)  # an unknown study says so
         raise NotFound(f"no subject {subject_number}", code="unknown_subject")
-    subject = SubjectRow(*row)
+    study_id, study_code, version, eligibility, languages, *subject = row
+    ref = StudyRef(study_id, study_code, version, tuple(eligibility or ()),
+                   tuple(languages or ()))
+    subject = SubjectRow(*subject)
     actor.require_site(subject.site_code)
-    return subject
+    return ref, subject
