@@ -43,7 +43,7 @@ def randomize_by_phone(phone, subject: str, sex: str = "2", age: str = "1"):
     phone.press("1")
     phone.press("1")
     heard = phone.press("1")  # the last eligibility question
-    assert says(heard, "Sex", "for female, press 2"), heard.text
+    assert says(heard, "Sex", "For female, press 2"), heard.text
     phone.press(sex)
     heard = phone.press(age)
     assert says(heard, "To randomize, press 1"), heard.text

@@ -307,7 +307,8 @@ class VoiceCalls(RuleBasedStateMachine):
         self.check_logs(logged, prompt, keys)
         confirmations = {c.replace(" ", "") for c in CONFIRMATION.findall(heard.text)}
         new_confirmation = bool(confirmations - self.heard_confirmations)
-        if typed(keys) != "9":  # menu option 9 repeats the call's last confirmation
+        repeating = typed(keys) == "9"  # menu option 9 repeats the call's last result
+        if not repeating:
             assert not confirmations & self.heard_confirmations, \
                 f"an old confirmation number for a new step: keys {keys!r} -> {heard.text!r}"
         self.heard_confirmations.update(confirmations)
@@ -321,7 +322,7 @@ class VoiceCalls(RuleBasedStateMachine):
             allowed = reason[1]
             assert allowed is None or changed <= allowed, \
                 f"{reason[0]} changed {sorted(changed - allowed)} on {context}"
-        elif must_change(heard.text, new_confirmation):
+        elif not repeating and must_change(heard.text, new_confirmation):
             raise AssertionError(f"said recorded, nothing in the database: {context}")
         return heard
 
@@ -500,6 +501,9 @@ def test_voice_webhook_properties(voice, caplog):
     examples = 12 if os.environ.get("IVRS_TEST_DATABASE_URL") else 40
     run_state_machine_as_test(machine, settings=settings(
         max_examples=examples, stateful_step_count=30, deadline=None,
+        # CI replays the same sequences every run (a red build must be
+        # reproducible); a developer's run explores new ones.
+        derandomize=bool(os.environ.get("CI")),
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
 
 
