@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from core.actors import SITE_ROLES, Actor
+from core.actors import Actor
 from core.db import Database
 from core.errors import IvrsError, Refused
 from core.models import User
@@ -35,12 +35,6 @@ class Login:
     site_codes: tuple[str, ...]
     language: str
     pin_temporary: bool
-    confirmation: str | None = None
-
-    def actor(self, channel: str) -> Actor:
-        sites = frozenset(self.site_codes) if self.role in SITE_ROLES else None
-        return Actor(role=self.role, user_code=self.user_code, site_codes=sites,
-                     channel=channel)
 
 
 def sign_in(db: Database, *, user_code: str, pin: str, channel: str,
@@ -112,7 +106,7 @@ def language_for_phone(db: Database, *, phone: str | None, study: str | None = N
     """The language of the active user registered with this phone number, if any."""
     if not phone:
         return None
-    with db.sessions() as session:
+    with db.reads() as session:
         study_id = study_ref(session, study).id
         return session.execute(select(User.language).where(
             User.study_id == study_id, User.phone == phone, User.active.is_(True))

@@ -92,7 +92,7 @@ def answer(db: Database, store: SessionStore, request: VoiceRequest) -> str:
 
 
 def _new_session(db: Database, request: VoiceRequest) -> dict[str, Any]:
-    with db.sessions() as read:
+    with db.reads() as read:
         study = study_for_number(read, request.dialed)
         code, languages = study.code, list(study.languages or ["en"])
     caller_language = language_for_phone(db, phone=request.caller, study=code)
