@@ -1,0 +1,48 @@
+"""How many SMS segments a text takes: GSM-7 or UCS-2, as carriers count them.
+
+A text made only of the GSM 03.38 alphabet travels in 7-bit encoding: 160
+characters in one segment, 153 per segment when split (the rest of each
+segment carries the joining header); characters of the extension table
+(``^{}[]~|\\€`` and form feed) take two. Any other character (é is in the
+alphabet, but ç upper-case, Japanese or an emoji are not) makes the whole text
+UCS-2: 70 UTF-16 code units in one segment, 67 per segment when split. SPEC §7
+wants replies in one segment where possible and never more than three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
+GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+
+GSM7_SINGLE, GSM7_PART = 160, 153
+UCS2_SINGLE, UCS2_PART = 70, 67
+MAX_SEGMENTS = 3
+
+
+@dataclass(frozen=True)
+class Segments:
+    encoding: str  # "GSM-7" | "UCS-2"
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
+    count: int
+
+
+def is_gsm7(text: str) -> bool:
+    return all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text)
+
+
+def segments(text: str) -> Segments:
+    if is_gsm7(text):
+        units = sum(2 if ch in GSM7_EXTENSION else 1 for ch in text)
+        return Segments("GSM-7", units, _count(units, GSM7_SINGLE, GSM7_PART))
+    units = len(text.encode("utf-16-le")) // 2
+    return Segments("UCS-2", units, _count(units, UCS2_SINGLE, UCS2_PART))
+
+
+def _count(units: int, single: int, part: int) -> int:
+    if units <= single:
+        return 1
+    return -(-units // part)  # ceiling division
