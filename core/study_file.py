@@ -325,6 +325,8 @@ class SupplyDef(Section):
     predictive: bool = False
     # a newly active site's first shipment (default: its resupply target)
     initial: ResupplyDef | None = None
+    # kits still unconfirmed by SMS this many hours after assignment get one reminder
+    confirmation_reminder_hours: PositiveInt = 24
 
 
 class DepotDef(Section):

@@ -27,9 +27,12 @@ def supply() -> None:
               help="The date to run as (UAT only, like IVRS_TODAY).")
 @handles_errors
 def supply_run(study: str | None, today: str | None) -> None:
-    """Run the expiry and resupply jobs once and print what they did."""
+    """Run the expiry and resupply jobs, then the kit confirmation reminders, once and
+    print what they did."""
     from core.clock import today as clock_today
+    from core.clock import utcnow as clock_utcnow
     from core.migrate import upgrade
+    from core.supply.confirmation import run_confirmation_reminders
     from core.supply.expiry import run_expiry
     from core.supply.resupply import run_resupply
 
@@ -45,6 +48,11 @@ def supply_run(study: str | None, today: str | None) -> None:
                    f"({shipment.reason}): {shipment.kits} kits")
     if not shipments:
         click.echo("no shipment needed")
+    # --today moves the date only, like IVRS_TODAY: the time of day stays real.
+    now = clock_utcnow()
+    now = now.replace(year=day.year, month=day.month, day=day.day)
+    reminders = run_confirmation_reminders(db, study=study, now=now)
+    click.echo(f"{len(reminders)} kit confirmation reminder(s)")
 
 
 def _parse_day(value: str):

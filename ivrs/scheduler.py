@@ -1,7 +1,7 @@
 """The supply job on a schedule inside ``ivrs serve`` (SPEC §2).
 
-``ivrs supply run`` runs the expiry job then the resupply job once; a server
-runs the same two core jobs every day at ``IVRS_SUPPLY_AT`` (UTC "HH:MM",
+``ivrs supply run`` runs the expiry, resupply and kit-reminder jobs once; a server
+runs the same core jobs every day at ``IVRS_SUPPLY_AT`` (UTC "HH:MM",
 default 02:00; ``off`` disables it). One thread per server does it: gunicorn's
 master starts it from its ``when_ready`` hook (never once per worker), the dev
 server starts it in its own process.
@@ -35,6 +35,7 @@ from sqlalchemy import select, text
 from core.clock import today
 from core.db import Database
 from core.models import Study
+from core.supply.confirmation import run_confirmation_reminders
 from core.supply.expiry import run_expiry
 from core.supply.resupply import run_resupply
 
@@ -94,7 +95,8 @@ class StudyRun:
 
 
 def run_supply(database_url: str) -> list[StudyRun] | None:
-    """Run the expiry then the resupply job for every study, as ``ivrs supply run`` does.
+    """Run the expiry job, the resupply job and the kit confirmation reminders for
+    every study, as ``ivrs supply run`` does.
 
     Returns None when another server holds the run (PostgreSQL only). A
     study whose jobs fail is logged and the other studies still run; the
@@ -125,12 +127,14 @@ def _run_study(db, code: str) -> StudyRun:
     day = today()
     expiry = run_expiry(db, study=code, today=day)
     shipments = run_resupply(db, study=code, today=day)
+    reminders = run_confirmation_reminders(db, study=code)
     # Blinded like ``ivrs supply run``: a shipment's total, never per kit type.
     for shipment in shipments:
         log.info("study %s: shipment %s to site %s (%s): %d kits", code,
                  shipment.shipment_number, shipment.site, shipment.reason, shipment.kits)
-    log.info("study %s, %s: %d kit(s) expired, %d expiry warning(s), %d shipment(s) requested",
-             code, day.isoformat(), expiry.expired, expiry.warnings, len(shipments))
+    log.info("study %s, %s: %d kit(s) expired, %d expiry warning(s), %d shipment(s) requested,"
+             " %d kit confirmation reminder(s)", code, day.isoformat(), expiry.expired,
+             expiry.warnings, len(shipments), len(reminders))
     return StudyRun(code, expiry.expired, expiry.warnings, len(shipments))
 
 

@@ -117,6 +117,8 @@ def _spoken(value: Any, language: str) -> str:
     if isinstance(value, Term):
         found = _lookup(str(value), language)
         return found if found is not None else str(value).rsplit(".", 1)[-1]
+    if isinstance(value, (list, tuple)):  # kit numbers of one assignment, in an SMS
+        return ", ".join(_spoken(item, language) for item in value)
     if isinstance(value, LanguageName):
         return Locale.parse(str(value)).get_display_name(Locale.parse(language)) or str(value)
     if isinstance(value, date):

@@ -29,7 +29,7 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from core.actors import Actor
 from core.audit import AuditLog
@@ -41,6 +41,7 @@ from core.models import Site, Study, Subject
 from core.service import ServiceCall, service_call
 from core.studies import StudyRef
 from core.subjects import DISCONTINUED, RANDOMIZED
+from core.supply.confirmation import request_confirmation
 from core.supply.kits import apply_move, lock_kits, not_in_open_return
 from core.supply.lifecycle import ASSIGNED, AVAILABLE, DISPENSED
 from core.supply.models import Kit, KitType
@@ -129,12 +130,23 @@ def pick_kits(session: Session, study_id: int, site_id: int, kit_type_id: int, c
 
 def assign_kits(audit: AuditLog, kits: list[Kit], *, subject_id: int, subject_number: str,
                 visit_code: str, actor_label: str, kit_type_code: str) -> list[str]:
+    """Give ``kits`` to the subject for the visit: assigned, not yet confirmed.
+
+    The kits share one ``assigned_at`` and ``assigned_by``: together they are one
+    assignment, which the assigning user confirms by SMS (one request per call,
+    ``core.supply.confirmation``).
+    """
     now = utcnow()
     for kit in kits:
         apply_move(audit, kit, "assign", subject_id=subject_id, visit_code=visit_code,
                    assigned_at=now, assigned_by=actor_label,
                    details={"subject": subject_number, "kit_type": kit_type_code})
-    return [kit.kit_number for kit in kits]
+    numbers = [kit.kit_number for kit in kits]
+    if kits:
+        request_confirmation(object_session(kits[0]), audit, kits[0].study_id,
+                             assigned_by=actor_label, subject_number=subject_number,
+                             visit_code=visit_code, kit_numbers=numbers)
+    return numbers
 
 
 def _no_stock(site_code: str) -> Refused:

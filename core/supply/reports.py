@@ -1,4 +1,5 @@
-"""Supply reports (SPEC §8): ``kits``, ``site-inventory``, ``depot-inventory``, ``shipments``.
+"""Supply reports (SPEC §8): ``kits``, ``site-inventory``, ``depot-inventory``, ``shipments``,
+``unconfirmed-kits``.
 
 Same shape as ``core.reports``: ``(session, study, blinded) -> (columns, rows)``
 with rows streamed in batches, and the unblinded columns appended at the end so
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from core.clock import utcnow
 from core.models import Depot, Site, Study, Subject
 from core.reports import BATCH, Report, _utc  # noqa: E402  (one UTC format for every report)
+from core.supply.lifecycle import ASSIGNED
 from core.supply.models import Kit, KitType, Lot, Shipment, ShipmentKit
 
 
@@ -172,9 +175,49 @@ def _content_by_type(session: Session, study: Study) -> dict[int, Counter]:
     return content
 
 
+def unconfirmed_kits(session: Session, study: Study, blinded: bool = True, *,
+                     site: str | None = None, now: datetime | None = None) -> Report:
+    """Kits assigned to a subject whose number the assigning user has not confirmed
+    by SMS yet (status ``assigned``), oldest first. ``hours_unconfirmed`` counts
+    whole hours from the assignment to ``now`` (default: the time of the report)."""
+    columns = ["subject_number", "site", "visit", "kit_number", "assigned_at", "assigned_by",
+               "hours_unconfirmed"]
+    if not blinded:
+        columns.append("kit_type")
+    now = _as_utc(now or utcnow())
+    query = (
+        select(Subject.subject_number, Site.code, Kit.visit_code, Kit.kit_number,
+               Kit.assigned_at, Kit.assigned_by, KitType.code)
+        .join(Subject, Subject.id == Kit.subject_id)
+        .join(Site, Site.id == Subject.site_id)
+        .join(KitType, KitType.id == Kit.kit_type_id)
+        .where(Kit.study_id == study.id, Kit.status == ASSIGNED)
+        .order_by(Kit.assigned_at, Subject.subject_number, Kit.kit_number)
+    )
+    if site is not None:
+        query = query.where(Site.code == site)
+
+    def rows() -> Iterator[tuple]:
+        for (subject, site_code, visit, number, assigned_at, assigned_by,
+             kit_type) in _stream(session, query):
+            hours = (int((now - _as_utc(assigned_at)).total_seconds() // 3600)
+                     if assigned_at else "")
+            row = (subject, site_code, visit or "", number, _utc(assigned_at),
+                   assigned_by or "", hours)
+            yield row if blinded else row + (kit_type,)
+
+    return columns, rows()
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """SQLite returns timestamps without a zone; every stored timestamp is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 SUPPLY_REPORTS: dict[str, Callable[[Session, Study, bool], Report]] = {
     "kits": kits,
     "site-inventory": site_inventory,
     "depot-inventory": depot_inventory,
     "shipments": shipments,
+    "unconfirmed-kits": unconfirmed_kits,
 }
