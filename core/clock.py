@@ -45,3 +45,9 @@ def utcnow() -> datetime:
 
 def today() -> date:
     return utcnow().date()
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A stored timestamp, zone-aware: SQLite hands them back without a zone,
+    and every timestamp we store is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

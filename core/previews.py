@@ -21,25 +21,19 @@ from core.errors import NotFound, Refused
 from core.models import Site, Study, Subject
 from core.randomize import next_event
 from core.studies import StudyRef, study_ref
-from core.study_config import study_config
-from core.subjects import DISCONTINUED, ENROLLING_ROLES, RANDOMIZED, SCREENED, SubjectRow
-from core.supply.dispensing import DISPENSING_ROLES, supply_config
+from core.study_config import FactorConfig, study_config
+from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, SubjectRow
+from core.supply.dispensing import DISPENSING_ROLES, supply_config, treated_subject
 from core.supply.models import Kit, Shipment, ShipmentKit
 from core.supply.shipments import DISPATCHED
-from core.supply.visits import due_visit, first_randomization, recorded_visits
-
-@dataclass(frozen=True)
-class Factor:
-    code: str
-    levels: tuple[str, ...]
-
+from core.supply.visits import due_visit, recorded_visits
 
 @dataclass(frozen=True)
 class RandomizationQuestions:
     subject_number: str
     event: str
     eligibility: tuple[str, ...]
-    factors: tuple[Factor, ...]
+    factors: tuple[FactorConfig, ...]
 
 
 @dataclass(frozen=True)
@@ -71,8 +65,7 @@ def randomization_questions(db: Database, *, subject_number: str, actor: Actor,
         config = study_config(session, ref.id, ref.config_version)
         event = next_event(session, config, subject)
         return RandomizationQuestions(
-            subject_number, event.code, ref.eligibility,
-            tuple(Factor(f.code, tuple(f.levels)) for f in event.factors))
+            subject_number, event.code, ref.eligibility, event.factors)
 
 
 def visit_due(db: Database, *, subject_number: str, actor: Actor,
@@ -80,13 +73,7 @@ def visit_due(db: Database, *, subject_number: str, actor: Actor,
     actor.require(DISPENSING_ROLES, "dispense kits")
     with db.reads() as session:
         ref, subject = _subject(session, study, subject_number, actor)
-        if subject.status == DISCONTINUED:
-            raise Refused(f"subject {subject_number} is discontinued",
-                          code="subject_discontinued")
-        first = first_randomization(session, subject.id)
-        if subject.status != RANDOMIZED or first is None:
-            raise Refused(f"subject {subject_number} is not randomized",
-                          code="subject_not_randomized")
+        first = treated_subject(session, subject, actor)
         supply = supply_config(session, ref)
         due = due_visit(supply.schedule(first.cohort), first.randomized_on,
                         recorded_visits(session, subject.id), today())

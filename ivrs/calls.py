@@ -68,16 +68,17 @@ def answer(db: Database, store: SessionStore, request: VoiceRequest) -> str:
                  request.step)
         return session["last_twiml"]
     restarted = session is None and request.step > 0
-    if session is None or request.step > session["step"]:
+    starting = session is None or request.step > session["step"]
+    if starting:
         # A new call, or one whose session expired or was lost: start over, politely.
         session = _new_session(db, request)
-        ctx = CallContext(db, session["study"], request.call_sid, request.step, request.caller)
+        session["step"] = request.step
+    ctx = CallContext(db, session["study"], request.call_sid, request.step, request.caller)
+    if starting:
         turn = run(session, ctx, None, starting=True)
         if restarted:
             turn = Turn((Say("session.restart"), *turn.says), turn.gather, turn.hangup)
-        session["step"] = request.step
     else:
-        ctx = CallContext(db, session["study"], request.call_sid, request.step, request.caller)
         before = session["state"]
         turn = run(session, ctx, request.digits)
         log.info("call %s step %d: %s -> %s (%d keys)", request.call_sid, request.step, before,

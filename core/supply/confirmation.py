@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from core.actors import Actor
 from core.audit import AuditLog
-from core.clock import utcnow
+from core.clock import as_utc, utcnow
 from core.db import Database
 from core.errors import Refused
 from core.models import Site, Subject
@@ -195,12 +195,7 @@ def _owner(session: Session, kit: Kit) -> tuple[str, str] | None:
 
 
 def _iso(moment: datetime) -> str:
-    return _aware(moment).isoformat()
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands timestamps back without a zone; every stored timestamp is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return as_utc(moment).isoformat()
 
 
 # --- reminders ----------------------------------------------------------------------------------
@@ -224,7 +219,7 @@ def run_confirmation_reminders(db: Database, *, study: str | None = None,
     """One reminder per assignment still (partly) unconfirmed ``delay_hours`` after it
     was made (default: the study's ``supply.confirmation_reminder_hours``, 24).
     Never twice: the key is the assignment's. Returns the reminders this run queued."""
-    now = _aware(now or utcnow())
+    now = as_utc(now or utcnow())
     with db.transaction() as session:
         study_row = get_study(session, study)
         hours = delay_hours if delay_hours is not None else reminder_hours(

@@ -195,14 +195,14 @@ def _lock_subject(session: Session, study_id: int, subject_number: str) -> _Subj
     return _Subject(*row)
 
 
-def _treated(call: ServiceCall, subject: _Subject, actor: Actor):
-    """The locked subject's first randomization, checked: caller's site, randomized,
-    not discontinued."""
+def treated_subject(session: Session, subject, actor: Actor):
+    """The subject's first randomization, checked: caller's site, randomized, not
+    discontinued (``subject``: any row with id, subject_number, status, site_code)."""
     subject_number = subject.subject_number
     actor.require_site(subject.site_code)
     if subject.status == DISCONTINUED:
         raise Refused(f"subject {subject_number} is discontinued", code="subject_discontinued")
-    first = first_randomization(call.session, subject.id)
+    first = first_randomization(session, subject.id)
     if subject.status != RANDOMIZED or first is None:
         raise Refused(f"subject {subject_number} is not randomized",
                       code="subject_not_randomized")
@@ -222,7 +222,7 @@ def dispense(db: Database, *, subject_number: str, actor: Actor, study: str | No
         subject = _lock_subject(session, call.study.id, subject_number)
         if (replay := call.replayed()) is not None:
             return DispenseResult(**replay)
-        first = _treated(call, subject, actor)
+        first = treated_subject(session, subject, actor)
         supply = supply_config(session, call.study)
         schedule = supply.schedule(first.cohort)
         today = clock_today()
@@ -300,7 +300,7 @@ def replace_kit(db: Database, *, subject_number: str, kit_number: str, reason: s
         subject = _lock_subject(session, call.study.id, subject_number)
         if (replay := call.replayed()) is not None:
             return ReplacementResult(**replay)
-        first = _treated(call, subject, actor)
+        first = treated_subject(session, subject, actor)
         old = lock_kits(session, call.study.id, [kit_number]).get(kit_number)
         if old is None or old.subject_id != subject.id or old.status not in (ASSIGNED,
                                                                               DISPENSED):

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from core.clock import utcnow
+from core.clock import as_utc, utcnow
 from core.models import Depot, Site, Study, Subject
 from core.reports import BATCH, Report, _utc  # noqa: E402  (one UTC format for every report)
 from core.supply.lifecycle import ASSIGNED
@@ -184,7 +184,7 @@ def unconfirmed_kits(session: Session, study: Study, blinded: bool = True, *,
                "hours_unconfirmed"]
     if not blinded:
         columns.append("kit_type")
-    now = _as_utc(now or utcnow())
+    now = as_utc(now or utcnow())
     query = (
         select(Subject.subject_number, Site.code, Kit.visit_code, Kit.kit_number,
                Kit.assigned_at, Kit.assigned_by, KitType.code)
@@ -200,18 +200,13 @@ def unconfirmed_kits(session: Session, study: Study, blinded: bool = True, *,
     def rows() -> Iterator[tuple]:
         for (subject, site_code, visit, number, assigned_at, assigned_by,
              kit_type) in _stream(session, query):
-            hours = (int((now - _as_utc(assigned_at)).total_seconds() // 3600)
+            hours = (int((now - as_utc(assigned_at)).total_seconds() // 3600)
                      if assigned_at else "")
             row = (subject, site_code, visit or "", number, _utc(assigned_at),
                    assigned_by or "", hours)
             yield row if blinded else row + (kit_type,)
 
     return columns, rows()
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """SQLite returns timestamps without a zone; every stored timestamp is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 SUPPLY_REPORTS: dict[str, Callable[[Session, Study, bool], Report]] = {

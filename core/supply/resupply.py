@@ -60,7 +60,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -75,6 +75,7 @@ from core.supply.kits import not_in_open_return, supply_settings
 from core.supply.lifecycle import AVAILABLE, IN_TRANSIT, RESERVED
 from core.supply.models import Kit, KitType, Shipment, SiteSupply, SubjectVisit
 from core.supply.outbox import notify
+from core.supply.visits import utc_date
 from core.supply.shipments import CANCELLED, DISPATCHED, REQUESTED, ShipmentPlan, create_shipment
 
 SYSTEM_ACTOR = "system:resupply"
@@ -195,7 +196,7 @@ def predicted_need(session: Session, study: Study, site: Site, today: date) -> i
         kit_type_id = kit_type_of_arm.get(arm_id)
         if kit_type_id is None:
             continue
-        day0 = _utc_date(at)
+        day0 = utc_date(at)
         for visit in visits:
             if (subject_id, visit["code"]) in recorded:
                 continue
@@ -204,12 +205,6 @@ def predicted_need(session: Session, study: Study, site: Site, today: date) -> i
             if window_end >= today and due <= horizon:
                 need[kit_type_id] += int(visit["dispense"])
     return max(need.values(), default=0)
-
-
-def _utc_date(moment: datetime) -> date:
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.date()
 
 
 # --- deciding what to ship ---------------------------------------------------------------
