@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy import text
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from ivrs import calls
+from ivrs import calls, texts
 from ivrs.twiml import apology
 
 log = logging.getLogger("ivrs.webhooks")
@@ -66,8 +66,9 @@ def _check_signature():
     if request.endpoint in ("webhooks.healthz", "webhooks.static_twiml"):
         return None
     if not signature_valid():
-        log.warning("refused %s %s: bad or missing Twilio signature (CallSid %s)",
-                    request.method, request.path, request.form.get("CallSid", "-"))
+        log.warning("refused %s %s: bad or missing Twilio signature (sid %s)",
+                    request.method, request.path,
+                    request.form.get("CallSid") or request.form.get("MessageSid") or "-")
         return Response("Forbidden", status=403, mimetype="text/plain")
     return None
 
@@ -100,6 +101,21 @@ def voice_status():
     return Response(status=204)
 
 
+@blueprint.post("/sms")
+def sms():
+    runtime = _runtime()
+    message = texts.parse_request(request.form.to_dict(flat=True))
+    if message is None:
+        log.warning("sms request without a usable MessageSid or From: answered with an apology")
+        return Response(texts.apology(), mimetype=TWIML)
+    try:
+        twiml = texts.answer(runtime.db, runtime.store, message)
+    except Exception:  # noqa: BLE001 — the texter gets an apology, we get the trace
+        log.exception("sms %s failed", message.message_sid)
+        return Response(texts.apology(), mimetype=TWIML)
+    return Response(twiml, mimetype=TWIML)
+
+
 @blueprint.get("/healthz")
 def healthz():
     runtime = _runtime()
@@ -124,3 +140,17 @@ def _database_answers(db) -> bool:
     except Exception:  # noqa: BLE001
         log.exception("health check: the database does not answer")
         return False
+
+
+@blueprint.post("/sms/status")
+def sms_status():
+    """An outbound message's status callback: the delivery moves forward
+    (ivrs.notify.record_status). Always 204, whatever we make of it."""
+    from ivrs.notify import record_status
+
+    try:
+        record_status(_runtime().db, request.form.to_dict(flat=True))
+    except Exception:  # Twilio gets its 204, we get the trace
+        log.exception("message %s: status callback not recorded",
+                      request.form.get("MessageSid", "-"))
+    return Response(status=204)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 
 from core.actors import Actor
 from core.db import Database
 from core.errors import IvrsError, Refused
-from core.models import User
+from core.models import Study, StudyPhoneNumber, User
 from core.pins import check_pin, hash_pin, is_valid_pin
 from core.service import service_call
 from core.studies import study_ref
@@ -101,16 +101,78 @@ def change_pin(db: Database, *, user_code: str, new_pin: str, actor: Actor,
         return call.finish({})["confirmation"]
 
 
+def set_language(db: Database, *, language: str, actor: Actor, study: str | None = None,
+                 idempotency_key: str | None = None) -> str:
+    """The signed-in user chooses the language of their messages and calls (SMS
+    ``LANG``). Refused with ``bad_language`` unless the study offers it."""
+    language = language.strip()
+    with service_call(db, study, f"set_language {actor.user_code}", idempotency_key,
+                      actor) as call:
+        user = _locked_user_row(call.session, call.study.id, actor.user_code or "")
+        if (replay := call.replayed()) is not None:
+            return replay["language"]
+        if user is None:
+            raise Refused("user ID or PIN not valid", code="bad_credentials")
+        offered = {code.lower(): code for code in call.study.languages}
+        chosen = offered.get(language.lower().replace("-", "_"))
+        if chosen is None:
+            raise Refused(f"language {language} is not offered (offered: "
+                          f"{', '.join(call.study.languages)})", code="bad_language",
+                          language=language, languages=" ".join(call.study.languages))
+        if chosen != user.language:
+            call.audit.record("language_changed", "user", user.user_code,
+                              old={"language": user.language}, new={"language": chosen})
+            user.language = chosen
+        return call.finish({"language": chosen})["language"]
+
+
+@dataclass(frozen=True)
+class PhoneUsers:
+    """The active users registered with one phone number (a site may share one)."""
+
+    study: str  # the study's code
+    user_codes: tuple[str, ...]
+    language: str | None  # the first user's language: the number's language
+
+
+_studies, _numbers, _users = Study.__table__, StudyPhoneNumber.__table__, User.__table__
+# Every text message asks this first: one statement, no ORM, no study configuration.
+_USERS_BY_NUMBERS = (
+    select(_studies.c.code, _users.c.user_code, _users.c.language)
+    .select_from(_numbers.join(_studies, _studies.c.id == _numbers.c.study_id)
+                 .outerjoin(_users, and_(_users.c.study_id == _studies.c.id,
+                                         _users.c.phone == bindparam("phone"),
+                                         _users.c.active.is_(True))))
+    .where(_numbers.c.number == bindparam("dialed"))
+    .order_by(_users.c.user_code))
+
+
+def users_for_phone(db: Database, *, phone: str | None, dialed: str | None = None,
+                    study: str | None = None) -> PhoneUsers:
+    """Who may be texting or calling from ``phone``, in the study that ``dialed``
+    routes to (or ``study``, or the only study)."""
+    with db.reads() as session:
+        rows = []
+        if dialed and study is None:
+            rows = session.execute(_USERS_BY_NUMBERS, {"dialed": dialed, "phone": phone}).all()
+        if rows:
+            code = rows[0][0]
+        else:  # a number no study has: the only study takes it (SPEC §4)
+            ref = study_ref(session, study)
+            code = ref.code
+            rows = session.execute(select(_studies.c.code, _users.c.user_code, _users.c.language)
+                                   .join(_users, _users.c.study_id == _studies.c.id)
+                                   .where(_studies.c.id == ref.id, _users.c.phone == phone,
+                                          _users.c.active.is_(True))
+                                   .order_by(_users.c.user_code)).all()
+    users = [(user_code, language) for _, user_code, language in rows if user_code]
+    return PhoneUsers(code, tuple(u for u, _ in users), users[0][1] if users else None)
+
+
 def language_for_phone(db: Database, *, phone: str | None, study: str | None = None
                        ) -> str | None:
     """The language of the active user registered with this phone number, if any."""
-    if not phone:
-        return None
-    with db.reads() as session:
-        study_id = study_ref(session, study).id
-        return session.execute(select(User.language).where(
-            User.study_id == study_id, User.phone == phone, User.active.is_(True))
-            .limit(1)).scalar()
+    return users_for_phone(db, phone=phone, study=study).language
 
 
 def _locked_user_row(session, study_id: int, user_code: str) -> User | None:

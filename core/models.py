@@ -191,7 +191,9 @@ class UserSite(Base):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("study_id", "user_code"), Index(None, "study_id", "phone"))
+    # Every text message and call looks its sender up by phone.
+    __table_args__ = (UniqueConstraint("study_id", "user_code"),
+                      Index("ix_users_study_id_phone", "study_id", "phone"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)

@@ -28,6 +28,7 @@ from core.supply.models import Kit, Shipment, ShipmentKit
 from core.supply.shipments import DISPATCHED
 from core.supply.visits import due_visit, recorded_visits
 
+
 @dataclass(frozen=True)
 class RandomizationQuestions:
     subject_number: str
@@ -61,7 +62,7 @@ def randomization_questions(db: Database, *, subject_number: str, actor: Actor,
                             study: str | None = None) -> RandomizationQuestions:
     actor.require(ENROLLING_ROLES, "randomize")
     with db.reads() as session:
-        ref, subject = _subject(session, study, subject_number, actor)
+        ref, subject = subject_in_study(session, study, subject_number, actor)
         config = study_config(session, ref.id, ref.config_version)
         event = next_event(session, config, subject)
         return RandomizationQuestions(
@@ -72,7 +73,7 @@ def visit_due(db: Database, *, subject_number: str, actor: Actor,
               study: str | None = None) -> VisitDue:
     actor.require(DISPENSING_ROLES, "dispense kits")
     with db.reads() as session:
-        ref, subject = _subject(session, study, subject_number, actor)
+        ref, subject = subject_in_study(session, study, subject_number, actor)
         first = treated_subject(session, subject, actor)
         supply = supply_config(session, ref)
         due = due_visit(supply.schedule(first.cohort), first.randomized_on,
@@ -121,7 +122,7 @@ def status_change(db: Database, *, subject_number: str, actor: Actor,
     """Which change a subject can take: screen failure or discontinuation."""
     actor.require(ENROLLING_ROLES, "record a screen failure or discontinuation")
     with db.reads() as session:
-        _, subject = _subject(session, study, subject_number, actor)
+        _, subject = subject_in_study(session, study, subject_number, actor)
         kinds = {SCREENED: "screen_failure", RANDOMIZED: "discontinuation"}
         if subject.status not in kinds:
             raise Refused(f"subject {subject_number} is {subject.status}",
@@ -141,7 +142,7 @@ _SUBJECT_IN_STUDY = (
            _subjects.c.subject_number == bindparam("number")))
 
 
-def _subject(session: Session, study: str | None, subject_number: str,
+def subject_in_study(session: Session, study: str | None, subject_number: str,
              actor: Actor) -> tuple[StudyRef, SubjectRow]:
     code = study if study is not None else study_ref(session).code
     row = session.execute(_SUBJECT_IN_STUDY, {"study": code, "number": subject_number}).first()

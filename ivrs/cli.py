@@ -255,5 +255,6 @@ import ivrs.cli_serve  # noqa: E402,F401  (registers `serve`)
 
 
 import ivrs.cli_call  # noqa: E402,F401  (registers `call`)
+import ivrs.cli_sms  # noqa: E402,F401  (registers `sms`)
 if __name__ == "__main__":  # pragma: no cover
     main()

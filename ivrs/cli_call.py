@@ -26,7 +26,8 @@ from sqlalchemy import select
 from core.db import Database
 from core.errors import IvrsError
 from ivrs.cli import _database, handles_errors, main
-from ivrs.phone import Heard, Phone
+from ivrs.config import Settings
+from ivrs.phone import Heard, Phone, Transport
 
 SAID = "ivrs> "
 YOU = "you> "
@@ -231,6 +232,37 @@ def default_numbers(db: Database) -> tuple[str, str]:
     return caller, dialed or ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """Where the terminal's phone sends its requests, and what signs them."""
+
+    transport: Transport
+    settings: Settings
+    db: Database | None  # the app's database (None: a server's, unless DATABASE_URL says)
+
+
+def open_line(url: str | None, *, needs_database: bool) -> Line:
+    """A running server (``--url``) or the app in this process, signed like Twilio."""
+    from ivrs.app import create_app
+    from ivrs.phone import AppTransport, HttpTransport
+
+    settings = Settings.from_env()
+    if url:
+        if not settings.twilio_auth_token:
+            click.echo("warning: TWILIO_AUTH_TOKEN is not set: requests go unsigned and a "
+                       "server not started with --dev refuses them", err=True)
+        # The server's database gives the default numbers only when we are told where it is.
+        db = _database() if needs_database and os.environ.get("DATABASE_URL") else None
+        return Line(HttpTransport(url), settings, db)
+    if not settings.twilio_auth_token:
+        # Without a token the app would refuse every request (403). Rather than
+        # switch the check off, this process makes up a token and signs with it:
+        # the in-process request goes through the same signature check as Twilio's.
+        settings = dataclasses.replace(settings, twilio_auth_token=secrets.token_urlsafe(32))
+    app = create_app(settings)
+    return Line(AppTransport(app), settings, app.extensions["ivrs"].db)
+
+
 @main.command()
 @click.option("--from", "caller", default=None, metavar="NUMBER",
               help="The caller's number (default: the first user's phone of the only study).")
@@ -248,34 +280,14 @@ def call(caller: str | None, dialed: str | None, url: str | None, keys: str | No
     separated by spaces; an empty line is silence, "#" alone ends a list, "q"
     hangs up. With --keys or piped input the presses are played and printed.
     """
-    from ivrs.app import create_app
-    from ivrs.config import Settings
-    from ivrs.phone import AppTransport, HttpTransport
-
     try:
         scripted = parse_presses(keys) if keys is not None else None
     except ValueError as problem:
         raise click.BadParameter(str(problem), param_hint="--keys") from None
-    settings = Settings.from_env()
-    if url:
-        transport = HttpTransport(url)
-        if not settings.twilio_auth_token:
-            click.echo("warning: TWILIO_AUTH_TOKEN is not set: requests go unsigned and a "
-                       "server not started with --dev refuses them", err=True)
-        # The server's database gives the default numbers only when we are told where it is.
-        db = _database() if (caller is None or dialed is None) and \
-            os.environ.get("DATABASE_URL") else None
-        if caller is None and db is None:
-            raise IvrsError("--from NUMBER is needed with --url (or set DATABASE_URL)")
-    else:
-        if not settings.twilio_auth_token:
-            # Without a token the app would refuse every request (403). Rather than
-            # switch the check off, this process makes up a token and signs with it:
-            # the in-process call goes through the same signature check as Twilio's.
-            settings = dataclasses.replace(settings, twilio_auth_token=secrets.token_urlsafe(32))
-        app = create_app(settings)
-        transport = AppTransport(app)
-        db = app.extensions["ivrs"].db
+    line = open_line(url, needs_database=caller is None or dialed is None)
+    transport, settings, db = line.transport, line.settings, line.db
+    if caller is None and db is None:
+        raise IvrsError("--from NUMBER is needed with --url (or set DATABASE_URL)")
     if db is not None and (caller is None or dialed is None):
         default_caller, default_dialed = default_numbers(db)
         caller, dialed = caller or default_caller, dialed or default_dialed

@@ -2,7 +2,10 @@
 
 Registered on the main command group by the import at the bottom of
 ``ivrs/cli.py``. Output is blinded: shipments are shown with their total kit
-count, never per kit type.
+count, never per kit type. With Twilio configured (TWILIO_ACCOUNT_SID,
+TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER) ``supply run`` ends with a pass of the
+SMS sender and ``outbox send`` runs one by hand; without, ``outbox`` lists
+what waits, with the text each recipient would get.
 """
 
 from __future__ import annotations
@@ -53,6 +56,18 @@ def supply_run(study: str | None, today: str | None) -> None:
     now = now.replace(year=day.year, month=day.month, day=day.day)
     reminders = run_confirmation_reminders(db, study=study, now=now)
     click.echo(f"{len(reminders)} kit confirmation reminder(s)")
+    _send_if_configured(db)
+
+
+def _send_if_configured(db) -> None:
+    """The messages the jobs just queued go out now when Twilio is configured
+    (``ivrs serve`` would send them within seconds; a cron job has no server)."""
+    from ivrs.config import Settings
+    from ivrs.notify import gateway, send_pending
+
+    sender = gateway(Settings.from_env())
+    if sender is not None:
+        click.echo(f"SMS: {send_pending(db, sender).summary()}")
 
 
 def _parse_day(value: str):
@@ -66,21 +81,54 @@ def _parse_day(value: str):
         raise IvrsError(f"--today {value!r} is not a YYYY-MM-DD date") from None
 
 
-@main.command()
-@click.option("--all", "include_sent", is_flag=True, help="Include notifications already sent.")
+@main.group(invoke_without_command=True)
+@click.option("--all", "include_sent", is_flag=True,
+              help="Include messages already sent (or given up), with their status.")
 @study_option
+@click.pass_context
 @handles_errors
-def outbox(include_sent: bool, study: str | None) -> None:
-    """List the outbound notifications waiting to be sent (no Twilio/SMTP configured)."""
+def outbox(ctx: click.Context, include_sent: bool, study: str | None) -> None:
+    """List the outbound messages waiting to be sent, one line per recipient:
+    kind, audience, message id, parameters, recipient and the text they get.
+    Without Twilio configured every message waits here."""
+    if ctx.invoked_subcommand is not None:
+        return
     from core.studies import get_study
-    from core.supply.outbox import list_notifications
+    from ivrs.notify import outbox_entries
 
-    with _database().sessions() as session:
-        study_row = get_study(session, study)
-        rows = list_notifications(session, study_row.id, include_sent=include_sent)
-        for row in rows:
-            params = json.dumps(row.params or {}, ensure_ascii=False, sort_keys=True)
-            status = f" [{row.status}]" if include_sent else ""
-            click.echo(f"{row.kind}\t{row.audience}\t{row.message_id}\t{params}{status}")
-        if not rows:
-            click.echo("outbox empty")
+    db = _database()
+    with db.sessions() as session:
+        study_id = get_study(session, study).id
+    entries = outbox_entries(db, study_id, include_sent=include_sent)
+    for entry in entries:
+        note = entry.notification
+        params = json.dumps(note.params or {}, ensure_ascii=False, sort_keys=True)
+        if entry.user_code is None:
+            recipient, words = "no recipient", "-"
+        else:
+            recipient = f"to {entry.user_code} {entry.phone} ({entry.language})"
+            words = entry.text or f"(no text for message {note.message_id})"
+            if entry.english:
+                words += f" | en: {entry.english}"
+        status = f"\t[{entry.status}]" if include_sent else ""
+        click.echo(f"{note.kind}\t{note.audience}\t{note.message_id}\t{params}\t"
+                   f"{recipient}\t{words}{status}")
+    if not entries:
+        click.echo("outbox empty")
+
+
+@outbox.command("send")
+@handles_errors
+def outbox_send() -> None:
+    """Send what is due now through Twilio (``ivrs serve`` does it every few seconds)."""
+    from core.migrate import upgrade
+    from ivrs.config import Settings
+    from ivrs.notify import gateway, send_pending
+
+    sender = gateway(Settings.from_env())
+    if sender is None:
+        raise IvrsError("outbound SMS is not configured: set TWILIO_ACCOUNT_SID, "
+                        "TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER; nothing was sent")
+    db = _database()
+    upgrade(db.engine)
+    click.echo(send_pending(db, sender).summary())

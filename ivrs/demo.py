@@ -31,13 +31,14 @@ from core.audit import verify
 from core.clock import today
 from core.db import Database
 from core.migrate import upgrade
-from core.models import StudyPhoneNumber
+from core.models import StudyPhoneNumber, Subject
 from core.mrl import import_mrl
 from core.reports import subjects as subjects_report
 from core.studies import get_study
 from core.study_loader import load_study
 from core.supply.dispensing_report import dispensing as dispensing_report
 from core.supply.kit_import import import_kits
+from core.supply.models import Kit, Shipment
 from core.supply.reports import site_inventory
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
@@ -138,6 +139,8 @@ class Caller:
 PARIS = Caller("Marie Curie, coordinator at site 101 (Paris)", "+33612345678", "5001", "2468")
 BARCELONA = Caller("Santiago Ramón, investigator at site 102 (Barcelona)", "+34612345678",
                    "5002", "1357")
+BERLIN = Caller("Rudolf Virchow, coordinator at site 103 (Berlin)", "+4915112345678", "5003",
+                "8642")
 DEPOT = "[depot 90, user 7001]"
 
 # Keypad answers of the demo study's randomization questions.
@@ -183,6 +186,37 @@ class DemoLine:
             call.press(f"{caller.user}#")
             call.press(f"{caller.pin}#")
         return call
+
+    def texts(self, caller: Caller, purpose: str, messages: list[str]) -> list[str]:
+        """Text messages from a caller's phone, one after the other; their replies."""
+        from ivrs.phone import AppTransport
+        from ivrs.texter import Texter
+
+        self.echo("")
+        self.echo(f"== {purpose}: {caller.who} texts {self.number} from {caller.phone}")
+        texter = Texter(AppTransport(self.app), sender=caller.phone, to=self.number,
+                        auth_token=self.token)
+        replies = []
+        for message in messages:
+            self.echo(f"sms> {'*' * len(message) if message == caller.pin else message}")
+            replies.append(texter.send(message).text)
+            self.echo(f"ivrs> {replies[-1]}")
+        return replies
+
+    def outbox(self, caller: Caller) -> list[str]:
+        """The SMS the system has queued for a caller (sent by Twilio when configured)."""
+        from core.models import User
+        from core.supply.models import Notification
+        from ivrs.notify import render
+
+        with self.app.extensions["ivrs"].db.sessions() as session:
+            user = session.scalars(select(User).where(User.user_code == caller.user)).one()
+            queued = session.scalars(select(Notification).where(
+                Notification.audience == f"user:{caller.user}").order_by(Notification.id)).all()
+            messages = [render(notification, user) for notification in queued]
+        for message in messages:
+            self.echo(f"[SMS to {caller.phone}] {message}")
+        return messages
 
 
 @dataclass
@@ -233,6 +267,37 @@ def barcelona_randomizes(run: DemoRun) -> None:
     call = run.line.call(BARCELONA, "Barcelona screens and randomizes a subject")
     randomize_by_phone(call, screen_by_phone(call, run, "102"), FEMALE, UNDER_65)
     call.hang_up()
+
+
+def paris_confirms_kits_by_sms(run: DemoRun) -> None:
+    """The kit-number confirmation: the SMS each randomization queued, a kit number
+    mistyped and caught, then the right numbers (the second one bare)."""
+    run.echo("")
+    run.echo("== the SMS the randomizations queued for Paris (sent through Twilio when "
+             "configured; `ivrs outbox` lists them otherwise)")
+    run.line.outbox(PARIS)
+    with run.db.sessions() as session:
+        first, second = (session.scalars(select(Kit.kit_number).join(
+            Subject, Subject.id == Kit.subject_id).where(Subject.subject_number == number)
+            .order_by(Kit.kit_number)).first() for number in run.subjects["101"][:2])
+    mistyped = first[:-2] + first[-1] + first[-2] if first[-1] != first[-2] else "999999"
+    run.line.texts(PARIS, "Paris confirms the kits handed out",
+                   [f"KIT {mistyped}", PARIS.pin, f"KIT {first}", second])
+
+
+def berlin_receives_by_sms(run: DemoRun) -> None:
+    to_berlin = next((s for s in run.shipments if s.site == "103"), None)
+    if to_berlin is None:
+        return
+    with run.db.sessions() as session:
+        shipment_id = session.scalar(select(Shipment.id).where(
+            Shipment.shipment_number == to_berlin.shipment_number))
+        broken = session.scalars(select(Kit.kit_number).where(
+            Kit.shipment_id == shipment_id).order_by(Kit.kit_number)).first()
+    run.line.texts(BERLIN, f"Berlin receives shipment {to_berlin.shipment_number}, "
+                           "one kit broken", [
+                               f"RECV {to_berlin.shipment_number} DAMAGED {broken}",
+                               BERLIN.pin, "STOCK"])
 
 
 def paris_ineligible_subject(run: DemoRun) -> None:
@@ -292,14 +357,16 @@ def paris_visit_2(run: DemoRun) -> None:
                      f"shipment {shipment.shipment_number} of {shipment.kits} kits requested")
 
 
-# The demo, in order. Another exchange (an SMS, a call in another language) is
+# The demo, in order. Another exchange (a call in another language, ...) is
 # one more function taking the DemoRun, added here.
 SCENES: tuple[Callable[[DemoRun], None], ...] = (
     paris_randomizes,
+    paris_confirms_kits_by_sms,
     barcelona_randomizes,
     paris_ineligible_subject,
     depot_ships,
     paris_receives,
+    berlin_receives_by_sms,
     paris_visit_2,
 )
 

@@ -16,6 +16,12 @@ each other skip.
 
 The clock of the schedule is the real UTC clock; the jobs themselves take
 today from ``core.clock`` (which honours ``IVRS_TODAY`` in UAT).
+
+The SMS sender (``ivrs.notify.send_pending``) runs beside it in a thread of
+the same process, every few seconds, when Twilio is configured. It needs no
+advisory lock: the sender's claim of a delivery is safe with any number of
+senders (row locks and a conditional update; see ``core.deliveries``), so two
+servers simply share the queue.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 
 # Imported here, not inside the thread: gunicorn's master forks workers while
@@ -38,6 +44,8 @@ from core.models import Study
 from core.supply.confirmation import run_confirmation_reminders
 from core.supply.expiry import run_expiry
 from core.supply.resupply import run_resupply
+from ivrs.config import Settings
+from ivrs.notify import SendReport, gateway, send_pending
 
 log = logging.getLogger("ivrs.scheduler")
 
@@ -48,6 +56,10 @@ SUPPLY_LOCK_CLASS = 730_102
 # How often the thread looks at the clock while waiting: a run starts at most
 # this late, and a wall-clock jump (NTP, a resumed VM) is noticed this soon.
 POLL_SECONDS = 30.0
+# How often the SMS sender looks for messages to send: a queued message goes
+# out within this many seconds.
+SEND_EVERY_SECONDS = 5.0
+SENDER_MAX_WAIT_SECONDS = 60.0
 
 
 class ScheduleError(ValueError):
@@ -116,7 +128,7 @@ def run_supply(database_url: str) -> list[StudyRun] | None:
             for code in codes:
                 try:
                     runs.append(_run_study(db, code))
-                except Exception:  # noqa: BLE001 — one study's failure must not stop the others
+                except Exception:  # one study's failure must not stop the others
                     log.exception("supply run for study %s failed", code)
             return runs
     finally:
@@ -162,24 +174,22 @@ def _exclusive(db) -> Iterator[bool]:
 # --- the thread -----------------------------------------------------------------------------
 
 
-class SupplyScheduler:
-    """A daemon thread that calls ``job`` every day at ``at`` (UTC).
+class _JobThread:
+    """A daemon thread that runs a job over and over and never dies of it: a
+    failing run is logged and counted, and the next one tries again."""
 
-    ``now`` and ``poll_seconds`` are there for tests: a clock that starts just
-    before ``at`` makes a run happen in a fraction of a second.
-    """
+    name = "ivrs-job"
+    what = "job run"  # for the log: "<what> failed"
 
-    def __init__(self, at: time, job: Callable[[], object], *,
-                 now: Callable[[], datetime] = _utcnow, poll_seconds: float = POLL_SECONDS):
-        self.at, self.job, self._now, self.poll_seconds = at, job, now, poll_seconds
+    def __init__(self, job: Callable[[], object]):
+        self.job = job
         self._stop = threading.Event()
         self._done = threading.Condition()
         self.runs = 0  # finished runs, failed ones included
         self.failures = 0
-        self._thread = threading.Thread(target=self._loop, name="ivrs-supply-scheduler",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
 
-    def start(self) -> SupplyScheduler:
+    def start(self):
         self._thread.start()
         return self
 
@@ -191,6 +201,39 @@ class SupplyScheduler:
         """Block until ``count`` runs have finished (or the timeout passes)."""
         with self._done:
             return self._done.wait_for(lambda: self.runs >= count, timeout)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _run_once(self) -> bool:
+        """Run the job; False when it failed."""
+        failed = False
+        try:
+            self.job()
+        except Exception:  # the thread must outlive any failure
+            failed = True
+            log.exception("%s failed; it runs again at the next occurrence", self.what)
+        with self._done:
+            self.runs += 1
+            self.failures += failed
+            self._done.notify_all()
+        return not failed
+
+
+class SupplyScheduler(_JobThread):
+    """A daemon thread that calls ``job`` every day at ``at`` (UTC).
+
+    ``now`` and ``poll_seconds`` are there for tests: a clock that starts just
+    before ``at`` makes a run happen in a fraction of a second.
+    """
+
+    name = "ivrs-supply-scheduler"
+    what = "scheduled supply run"
+
+    def __init__(self, at: time, job: Callable[[], object], *,
+                 now: Callable[[], datetime] = _utcnow, poll_seconds: float = POLL_SECONDS):
+        self.at, self._now, self.poll_seconds = at, now, poll_seconds
+        super().__init__(job)
 
     def _loop(self) -> None:
         target = next_run(self._now(), self.at)
@@ -205,21 +248,54 @@ class SupplyScheduler:
             target = next_run(max(self._now(), target), self.at)
             log.info("next supply run %s", target.isoformat(timespec="minutes"))
 
-    def _run_once(self) -> None:
-        failed = False
-        try:
-            self.job()
-        except Exception:  # noqa: BLE001 — the thread must outlive any failure
-            failed = True
-            log.exception("scheduled supply run failed; it runs again at the next occurrence")
-        with self._done:
-            self.runs += 1
-            self.failures += failed
-            self._done.notify_all()
+
+class SenderLoop(_JobThread):
+    """A daemon thread that runs the SMS sender every ``every`` seconds."""
+
+    name = "ivrs-sms-sender"
+    what = "SMS sender pass"
+
+    def __init__(self, job: Callable[[], object], *, every: float = SEND_EVERY_SECONDS):
+        self.every = every
+        super().__init__(job)
+
+    def _loop(self) -> None:
+        log.info("outbound SMS: sending every %g s", self.every)
+        failures_in_a_row = 0
+        while not self._stop.is_set():
+            failures_in_a_row = 0 if self._run_once() else failures_in_a_row + 1
+            # A database or network that is down is not asked (nor logged) every
+            # few seconds: the wait doubles with each failure, up to a minute.
+            self._stop.wait(min(self.every * 2 ** failures_in_a_row,
+                                max(self.every, SENDER_MAX_WAIT_SECONDS)))
+
+
+def send_once(settings: Settings) -> SendReport:
+    """One pass of the SMS sender on a database opened for it and closed after
+    (like ``run_supply``: the long-lived master holds no connection between passes)."""
+    db = Database(settings.database_url)
+    try:
+        return send_pending(db, settings)
+    finally:
+        db.dispose()
+
+
+def start_sender(database_url: str, *, every: float = SEND_EVERY_SECONDS) -> SenderLoop | None:
+    """The server's SMS sender, or None when Twilio is not configured (then the
+    messages wait in the outbox)."""
+    settings = replace(Settings.from_env(), database_url=database_url)
+    if gateway(settings) is None:
+        log.info("outbound SMS off: TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and "
+                 "TWILIO_FROM_NUMBER are not all set; messages wait in `ivrs outbox`")
+        return None
+    return SenderLoop(lambda: send_once(settings), every=every).start()
 
 
 def start_supply_schedule(database_url: str, at: time | None) -> SupplyScheduler | None:
-    """The server's schedule, or None when ``IVRS_SUPPLY_AT`` is off."""
+    """The server's background jobs: the SMS sender (when Twilio is configured)
+    and the daily supply schedule, which this returns (None when
+    ``IVRS_SUPPLY_AT`` is off)."""
+    start_sender(database_url)
     if at is None:
         log.info("supply job schedule is off (IVRS_SUPPLY_AT=off)")
         return None

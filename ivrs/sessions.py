@@ -27,6 +27,10 @@ class SessionStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def claim(self, key: str, ttl: int) -> bool:
+        """Set ``key`` if nobody has: True for the first caller only (atomic)."""
+        ...
+
     def ping(self) -> bool: ...
 
 
@@ -58,6 +62,14 @@ class MemorySessionStore:
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
+
+    def claim(self, key: str, ttl: int) -> bool:
+        with self._lock:
+            found = self._data.get(key)
+            if found is not None and found[0] >= time.monotonic():
+                return False
+            self._data[key] = (time.monotonic() + ttl, "{}")
+            return True
 
     def ping(self) -> bool:
         return True
@@ -96,6 +108,12 @@ class RedisSessionStore:
     def delete(self, key: str) -> None:
         try:
             self._redis.delete(self.PREFIX + key)
+        except self._errors as error:
+            raise SessionStoreError(str(error)) from error
+
+    def claim(self, key: str, ttl: int) -> bool:
+        try:
+            return bool(self._redis.set(self.PREFIX + key, "{}", ex=ttl, nx=True))
         except self._errors as error:
             raise SessionStoreError(str(error)) from error
 

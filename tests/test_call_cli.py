@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
-from werkzeug.serving import make_server
+from studyfiles import write_study
+from voice import PARIS
 
 from core.models import Subject
 from core.study_loader import load_study
-from ivrs.app import create_app
 from ivrs.cli import main
 from ivrs.cli_call import conversation_lines, parse_presses
-from ivrs.config import Settings
-from ivrs.demo import set_up_demo_study
 from ivrs.phone import parse_twiml
-from studyfiles import write_study
-from voice import PARIS, TODAY, session_store
 
 MENU = "To screen a subject, press 1."
 SCREEN_ONE = "5001# 2468# 1 1"
-
-
-@pytest.fixture
-def demo_env(db, database_env, tmp_path, monkeypatch):
-    """The demo study in the test database, DATABASE_URL pointing at it, no Twilio settings."""
-    monkeypatch.setenv("IVRS_TODAY", TODAY)
-    for name in ("TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    set_up_demo_study(db, tmp_path, lambda line: None)
-    return db
 
 
 def ivrs(*args, input=None):
@@ -122,21 +106,6 @@ def test_parse_presses():
     assert parse_presses(" 5001#  _ # * q ") == ["5001#", None, "#", "*", "q"]
     with pytest.raises(ValueError):
         parse_presses("12a")
-
-
-@pytest.fixture
-def server(demo_env):
-    """The webhook app on a free port, answering in a thread, with its own token."""
-    app = create_app(Settings(database_url="unused", twilio_auth_token="server-token"),
-                     db=demo_env, store=session_store())
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{http.server_port}"
-    http.shutdown()
-    http.server_close()
-    thread.join(timeout=10)
 
 
 def test_a_call_through_url_reaches_a_running_server(server, demo_env, monkeypatch):

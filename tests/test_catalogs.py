@@ -3,15 +3,17 @@ placeholders, and the compiled catalogs are current."""
 
 from __future__ import annotations
 
+import ast
 import re
 import string
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
 
-from dialogs.voice.base import KNOWN_ERRORS
+from dialogs.errors import KNOWN_ERRORS
 from dialogs.voice.enrolment import REASONS
 from dialogs.voice.login import MENU_OPTIONS
 from dialogs.voice.supply import REPLACEMENT_REASONS
@@ -122,3 +124,78 @@ def test_digits_are_read_one_by_one_and_unknown_terms_by_their_code():
     said = speech.text(Say("kits.give", {"kit": Digits("123456"), "visit": Term("visit.W9")}),
                        "en")
     assert said == "For W9, give kit 1 2 3 4 5 6."
+
+
+# --- notifications: the message ids core/ writes to the outbox ------------------------------------
+
+CORE = Path(__file__).resolve().parent.parent / "core"
+NOTIFIERS = {"notify", "Notification"}
+# The outbox itself passes its caller's message id through (or defaults to the kind).
+OUTBOX = CORE / "supply" / "outbox.py"
+NOT_LITERAL = "<no literal message_id>"
+
+
+def notification_ids() -> dict[str, list[str]]:
+    """Message id -> the places in core/ that write a notification with it.
+
+    Every ``notify(...)`` and ``Notification(...)`` must name its message id as a
+    literal, a module constant, or a conditional between those: anything else (no
+    ``message_id=``, so the kind is used; an f-string) is listed under NOT_LITERAL."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(CORE.rglob("*.py")):
+        if path == OUTBOX:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        constants = {target.id: node.value.value for node in tree.body
+                     if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                     and isinstance(node.value.value, str)
+                     for target in node.targets if isinstance(target, ast.Name)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and _called(node.func) in NOTIFIERS):
+                continue
+            given = next((k.value for k in node.keywords if k.arg == "message_id"), None)
+            ids = _literal_ids(given, constants) if given is not None else []
+            for message_id in ids or [NOT_LITERAL]:
+                found[message_id].append(f"{path.relative_to(CORE.parent)}:{node.lineno}")
+    return found
+
+
+def _called(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Name):
+        return func.id
+    return func.attr if isinstance(func, ast.Attribute) else None
+
+
+def _literal_ids(expr: ast.expr, constants: dict[str, str]) -> list[str]:
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        return [expr.value]
+    if isinstance(expr, ast.Name) and expr.id in constants:
+        return [constants[expr.id]]
+    if isinstance(expr, ast.IfExp):
+        body, orelse = _literal_ids(expr.body, constants), _literal_ids(expr.orelse, constants)
+        return body + orelse if body and orelse else []
+    return []
+
+
+def test_the_notification_scan_finds_literals_constants_and_conditionals():
+    ids = notification_ids()
+    assert {"notify.shipment_dispatched",  # Notification(...) with a literal
+            "sms.kit_confirm_request",  # notify(...) with a module constant
+            "notify.return_approved", "notify.return_rejected"} <= set(ids)  # a conditional
+    assert _literal_ids(ast.parse('f"notify.{kind}"', mode="eval").body, {}) == []
+
+
+def test_every_notification_names_its_message_id():
+    assert NOT_LITERAL not in notification_ids(), (
+        "give these notifications a literal message_id: "
+        f"{notification_ids().get(NOT_LITERAL)}")
+
+
+@pytest.mark.parametrize("language", shipped())
+def test_every_notification_message_exists(language):
+    messages = {m.id if isinstance(m.id, str) else m.id[0] for m in _po(language) if m.id}
+    missing = {i: where for i, where in notification_ids().items()
+               if i != NOT_LITERAL and i not in messages}
+    assert not missing, f"{language} lacks {missing}"
+    # The SMS length checks (tests/test_sms_templates.py) cover these two families.
+    assert all(i.startswith(("notify.", "sms.")) for i in notification_ids() if i != NOT_LITERAL)

@@ -138,6 +138,13 @@ def test_demo_plays_real_calls_and_prints_them_blinded(tmp_path, monkeypatch):
     assert "That is not one of your sites." in out
     assert "dispatched shipment 500001" in out and "Shipment 5 0 0 0 0 1 is received" in out
     assert "For visit 2, give kit" in out
+    # SMS: the kit-number confirmation asked, a mistyped kit caught, the right ones
+    # confirmed (the PIN masked), and a shipment received by SMS with a damaged kit.
+    assert "[SMS to +33612345678] Subject 1010001 visit V1: kit no." in out
+    assert "Nothing confirmed." in out and "sms> 2468" not in out and "sms> ****" in out
+    assert "confirmed for subject 1010001 visit V1" in out
+    assert "confirmed for subject 1010002 visit V1" in out
+    assert "1 damaged, 0 missing" in out and "ivrs> Site 103:" in out
     # Scripted when stdin is not a terminal: no offer to call, no waiting.
     assert "Your turn" not in out
     # The reports, from what the calls did.

@@ -117,7 +117,7 @@ def test_supply_run_and_outbox(run, db):
     lines = outbox.output.splitlines()
     assert len(lines) == 3 and all(line.startswith("shipment_requested\trole:depot_manager\t")
                                    for line in lines)
-    assert '"kits": 12' in lines[0] and '"site": "101"' in lines[0]
+    assert '"count": 12' in lines[0] and '"site": "101"' in lines[0]
     with db.transaction() as s:
         for note in s.scalars(select(Notification)):
             note.status = "sent"

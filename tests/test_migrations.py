@@ -5,7 +5,7 @@ from core.migrate import current_revision, upgrade
 
 
 def test_migrations_reach_head_and_are_rerunnable(db):
-    assert current_revision(db.engine) == "0002"
+    assert current_revision(db.engine) == "0003"
     upgrade(db.engine)  # idempotent: "create or upgrade"
     tables = set(inspect(db.engine).get_table_names())
     assert {"studies", "subjects", "randomizations", "audit_events", "list_entries"} <= tables
@@ -19,3 +19,16 @@ def test_audit_table_refuses_update_and_delete(db):
         with pytest.raises(Exception, match="append-only"):
             with db.engine.begin() as conn:
                 conn.execute(text(statement))
+
+
+def test_the_models_and_the_migrations_agree(db):
+    """A model change without its migration (or an index whose name collides, so that
+    no migration ever creates it) shows up here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from core.models import Base
+
+    with db.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []

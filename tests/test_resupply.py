@@ -253,7 +253,7 @@ def test_a_newly_active_site_gets_its_initial_shipment(study):
     requested = notifications(study, "shipment_requested")
     assert [n.audience for n in requested] == ["role:depot_manager"] * 3
     assert requested[0].params == {"shipment": summaries[0].shipment_number, "site": "101",
-                                   "reason": "initial", "kits": 12}
+                                   "reason": "initial", "count": 12}
 
 
 def test_initial_levels_from_the_study_file(db, tmp_path):
@@ -294,7 +294,7 @@ def test_depot_shortage_notifies_and_the_other_sites_are_still_served(db, tmp_pa
     assert [(s.site, s.kits) for s in summaries] == [("102", 12), ("103", 12)]
     short = notifications(db, "depot_short")
     assert [(n.audience, n.params) for n in short] == [
-        ("role:depot_manager", {"site": "101", "depot": "90", "reason": "initial", "kits": 36})]
+        ("role:depot_manager", {"site": "101", "depot": "90", "reason": "initial", "count": 36})]
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Shipment).join(Site).where(
             Site.code == "101")) == 0
@@ -322,7 +322,7 @@ def test_urgent_resupply_once_until_it_is_received(stocked):
     assert _urgent(stocked) is None
     [note] = notifications(stocked, "urgent_resupply")
     assert note.audience == "role:depot_manager"
-    assert note.params == {"site": "101", "shipment": number, "kits": 8}
+    assert note.params == {"site": "101", "shipment": number, "count": 8}
     assert run_resupply(stocked, today=TODAY) == []  # the urgent shipment's kits count
 
 

@@ -138,7 +138,7 @@ def test_the_full_path_from_subject_to_destruction(site101):
                       unused[1]: "available"}
     (note,) = notifications(db, "return_declared")
     assert note.audience == "role:project_manager"
-    assert note.params == {"return": declared.return_number, "site": "101", "kits": 3}
+    assert note.params == {"return": declared.return_number, "site": "101", "count": 3}
 
     approved = approve_return(db, return_number=declared.return_number,
                               actor=user(db, "5006"))
@@ -146,7 +146,7 @@ def test_the_full_path_from_subject_to_destruction(site101):
     row = return_row(db, declared.return_number)
     assert (row.decided_by, row.declared_by) == ("user:5006", "user:5001")
     (note,) = notifications(db, "return_approved")
-    assert note.audience == "site:101" and note.params["kits"] == 3
+    assert note.audience == "site:101" and note.params["count"] == 3
 
     received = receive_return(db, return_number=declared.return_number,
                               actor=user(db, "7001"))

@@ -164,8 +164,8 @@ def test_dispatch_moves_kits_in_transit_and_notifies_the_site(stocked):
         note = session.scalars(select(Notification)).one()
     assert (note.key, note.kind, note.audience, note.message_id) == (
         f"shipment_dispatched:{number}", "shipment_dispatched", "site:101",
-        "shipment_dispatched")
-    assert note.params == {"shipment": number, "kits": 4, "carrier": "DHL",
+        "notify.shipment_dispatched")
+    assert note.params == {"shipment": number, "count": 4, "carrier": "DHL",
                            "tracking": "JD0001"}
     with pytest.raises(Refused, match="is dispatched: it cannot be dispatched"):
         dispatch_shipment(stocked, shipment_number=number, carrier="DHL",

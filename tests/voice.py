@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import pytest
+from werkzeug.serving import make_server
 
 from core.db import Database
 from ivrs.app import create_app
@@ -13,6 +15,7 @@ from ivrs.config import Settings
 from ivrs.demo import set_up_demo_study
 from ivrs.phone import AppTransport, Heard, Phone
 from ivrs.sessions import MemorySessionStore, SessionStore, store_for
+from ivrs.texter import Texter
 
 TOKEN = "test-twilio-auth-token"
 TODAY = "2026-11-23"
@@ -31,6 +34,9 @@ class VoiceHarness:
     def phone(self, caller: str = PARIS, **kwargs) -> Phone:
         return Phone(AppTransport(self.app), caller=caller, auth_token=TOKEN, **kwargs)
 
+    def texter(self, sender: str = PARIS) -> Texter:
+        return Texter(AppTransport(self.app), sender=sender, auth_token=TOKEN)
+
     def signed_in(self, caller: str = PARIS, user: str = "5001", pin: str = "2468") -> Phone:
         """A phone at the main menu."""
         phone = self.phone(caller)
@@ -45,8 +51,13 @@ class VoiceHarness:
 
 def session_store() -> SessionStore:
     """Redis when the suite runs against servers (CI), else the in-process store."""
-    return store_for(os.environ.get("REDIS_URL")) if os.environ.get("REDIS_URL") \
-        else MemorySessionStore()
+    if not os.environ.get("REDIS_URL"):
+        return MemorySessionStore()
+    store = store_for(os.environ["REDIS_URL"])
+    # Texters' sessions are keyed by phone number, which every test reuses:
+    # each test starts from an empty store (REDIS_URL is a database for tests).
+    store._redis.flushdb()
+    return store
 
 
 @pytest.fixture
@@ -61,3 +72,28 @@ def voice(db, tmp_path, monkeypatch) -> VoiceHarness:
 
 def says(heard: Heard, *fragments: str) -> bool:
     return all(fragment in heard.text for fragment in fragments)
+
+
+@pytest.fixture
+def demo_env(db, database_env, tmp_path, monkeypatch):
+    """The demo study in the test database, DATABASE_URL pointing at it, no Twilio settings."""
+    monkeypatch.setenv("IVRS_TODAY", TODAY)
+    for name in ("TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    set_up_demo_study(db, tmp_path, lambda line: None)
+    return db
+
+
+@pytest.fixture
+def server(demo_env):
+    """The webhook app on a free port, answering in a thread, with its own token."""
+    app = create_app(Settings(database_url="unused", twilio_auth_token="server-token"),
+                     db=demo_env, store=session_store())
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_port}"
+    http.shutdown()
+    http.server_close()
+    thread.join(timeout=10)

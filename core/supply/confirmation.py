@@ -53,6 +53,7 @@ REMINDER_MESSAGE = "sms.kit_confirm_reminder"
 DEFAULT_REMINDER_HOURS = 24
 SYSTEM_ACTOR = "system:kit_confirmation"
 USER_PREFIX = "user:"
+MAX_NAMED_KITS = 4  # kit numbers a refusal names at most (an SMS has little room)
 
 
 def assignment_key(kit_numbers: list[str] | tuple[str, ...]) -> str:
@@ -136,7 +137,9 @@ def confirm_kit(db: Database, *, kit_number: str, actor: Actor, study: str | Non
     pending kits. Refusals change nothing:
 
     - ``wrong_kit`` (params ``kit``, ``expected`` = the most recent pending
-      assignment's kits, ``subject``, ``visit``): not a pending kit of the actor;
+      assignment's kits, ``subject``, ``visit``; ``assignments`` = how many are
+      pending and ``awaiting`` = the first kits of all of them, newest first): not
+      a pending kit of the actor;
     - ``kit_of_another_subject`` (``kit``, ``subject``): the kit belongs to a
       subject of the actor's sites other than those awaiting confirmation;
     - ``kit_already_confirmed`` (``kit``, ``subject``): the actor confirmed it before;
@@ -161,6 +164,47 @@ def confirm_kit(db: Database, *, kit_number: str, actor: Actor, study: str | Non
             "remaining": [k for k in mine.kits if k != kit_number]}))
 
 
+@dataclass(frozen=True)
+class ConfirmedGroup:
+    """Kits of one subject and visit confirmed by one message."""
+
+    subject: str
+    visit: str
+    kits: tuple[str, ...]
+    confirmations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KitsConfirmation:
+    confirmed: list[ConfirmedGroup]
+    refused: list[Refused]  # one per kit number not confirmed, in the order given
+    still_pending: tuple[str, ...]  # what the confirmed kits' assignments still await
+
+
+def confirm_kits(db: Database, *, kit_numbers: list[str], actor: Actor,
+                 study: str | None = None, key_prefix: str | None = None) -> KitsConfirmation:
+    """Confirm several kit numbers (``KIT 100234 100235``), each on its own as
+    ``confirm_kit`` does (key ``<key_prefix>:<kit>``): one wrong number refuses
+    that number only."""
+    done: dict[tuple[str, str], list[KitConfirmation]] = {}
+    refused: list[Refused] = []
+    for number in kit_numbers:
+        key = f"{key_prefix}:{number}" if key_prefix else None
+        try:
+            result = confirm_kit(db, kit_number=number, actor=actor, study=study,
+                                 idempotency_key=key)
+        except Refused as error:
+            refused.append(error)
+            continue
+        done.setdefault((result.subject_number, result.visit), []).append(result)
+    groups = [ConfirmedGroup(subject, visit, tuple(r.kit for r in results),
+                             tuple(r.confirmation or "" for r in results))
+              for (subject, visit), results in done.items()]
+    # Each assignment's last confirmation knows what it still awaits.
+    pending = tuple(k for results in done.values() for k in results[-1].remaining)
+    return KitsConfirmation(groups, refused, pending)
+
+
 def _refusal(session: Session, kit: Kit | None, kit_number: str,
              pending: list[PendingAssignment], actor: Actor) -> Refused:
     owner = _owner(session, kit) if kit is not None else None
@@ -177,11 +221,13 @@ def _refusal(session: Session, kit: Kit | None, kit_number: str,
         return Refused("you have no kit number to confirm", code="no_pending_kit",
                        kit=kit_number)
     latest = pending[0]
+    awaiting = [number for assignment in pending for number in assignment.kits]
     return Refused(f"kit {kit_number} is not the kit assigned: expected "
                    f"{', '.join(latest.kits)} for subject {latest.subject_number} at visit "
                    f"{latest.visit}; nothing confirmed", code="wrong_kit", kit=kit_number,
                    expected=list(latest.kits), subject=latest.subject_number,
-                   visit=latest.visit)
+                   visit=latest.visit, assignments=len(pending),
+                   awaiting=awaiting[:MAX_NAMED_KITS])
 
 
 def _owner(session: Session, kit: Kit) -> tuple[str, str] | None:

@@ -129,12 +129,14 @@ def pick_kits(session: Session, study_id: int, site_id: int, kit_type_id: int, c
 
 
 def assign_kits(audit: AuditLog, kits: list[Kit], *, subject_id: int, subject_number: str,
-                visit_code: str, actor_label: str, kit_type_code: str) -> list[str]:
+                visit_code: str, actor_label: str, kit_type_code: str,
+                ask_by_notification: bool = True) -> list[str]:
     """Give ``kits`` to the subject for the visit: assigned, not yet confirmed.
 
     The kits share one ``assigned_at`` and ``assigned_by``: together they are one
     assignment, which the assigning user confirms by SMS (one request per call,
-    ``core.supply.confirmation``).
+    ``core.supply.confirmation``). An assignment made by SMS asks in its own
+    reply: ``ask_by_notification=False`` then spares the user a second message.
     """
     now = utcnow()
     for kit in kits:
@@ -142,7 +144,7 @@ def assign_kits(audit: AuditLog, kits: list[Kit], *, subject_id: int, subject_nu
                    assigned_at=now, assigned_by=actor_label,
                    details={"subject": subject_number, "kit_type": kit_type_code})
     numbers = [kit.kit_number for kit in kits]
-    if kits:
+    if kits and ask_by_notification:
         request_confirmation(object_session(kits[0]), audit, kits[0].study_id,
                              assigned_by=actor_label, subject_number=subject_number,
                              visit_code=visit_code, kit_numbers=numbers)
@@ -210,7 +212,8 @@ def treated_subject(session: Session, subject, actor: Actor):
 
 
 def dispense(db: Database, *, subject_number: str, actor: Actor, study: str | None = None,
-             idempotency_key: str | None = None) -> DispenseResult:
+             idempotency_key: str | None = None,
+             ask_by_notification: bool = True) -> DispenseResult:
     """Dispense the visit due now: record missed visits, assign the visit's kits.
 
     Refused when no visit is due (past the last one) or when the site lacks
@@ -246,7 +249,8 @@ def dispense(db: Database, *, subject_number: str, actor: Actor, study: str | No
                 raise _no_stock(subject.site_code)
             kit_numbers = assign_kits(call.audit, kits, subject_id=subject.id,
                                       subject_number=subject_number, visit_code=visit.code,
-                                      actor_label=actor.label, kit_type_code=kit_type_code)
+                                      actor_label=actor.label, kit_type_code=kit_type_code,
+                                      ask_by_notification=ask_by_notification)
         _record_missed(call, subject, first.randomized_on, due.missed)
         record_visit(session, study_id=call.study.id, subject_id=subject.id, visit=visit,
                      randomized_on=first.randomized_on, status=DONE, today=today,

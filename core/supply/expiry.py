@@ -107,6 +107,8 @@ def _warn(session, audit: AuditLog, study: Study, today: date) -> int:
         if notify(session, audit, study.id,
                   key=f"expiry_warning:{code}:{expiry_date.isoformat()}",
                   kind="expiry_warning", audience=audience,
+                  message_id=("notify.expiry_warning.site" if kind == "site"
+                              else "notify.expiry_warning.depot"),
                   params={"location": code, "count": count,
                           "expiry_date": expiry_date.isoformat()}) is not None:
             written += 1

@@ -1,5 +1,6 @@
 """Supply tables: kit types, lots, kits, shipments, site supply settings, subject
-visits, returns and the notification outbox. Every row belongs to a study.
+visits, returns, the notification outbox and its deliveries. Every row belongs
+to a study.
 
 A kit is in exactly one status and one place at a time: ``depot_id`` while at
 (or back at) a depot, ``shipment_id`` while reserved for or travelling in a
@@ -48,6 +49,8 @@ class Kit(Base):
         # (kit number breaks ties, so the index serves the whole ORDER BY)
         Index(None, "site_id", "status", "kit_type_id", "expiry_date", "kit_number"),
         Index(None, "depot_id", "status", "kit_type_id", "expiry_date", "kit_number"),
+        # a user's kits awaiting a kit-number confirmation (every SMS KIT asks)
+        Index("ix_kits_study_id_assigned_by_status", "study_id", "assigned_by", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -166,8 +169,9 @@ class ReturnKit(Base):
 class Notification(Base):
     """The outbox: messages for people, written in the transaction that caused them.
 
-    The SMS issue sends them through Twilio; without credentials they stay here
-    (``ivrs outbox``). ``key`` makes each notification happen once.
+    With Twilio configured the sender expands them into ``Delivery`` rows
+    (``pending`` -> ``expanded``) and sends those; without credentials they stay
+    here (``ivrs outbox``). ``key`` makes each notification happen once.
     """
 
     __tablename__ = "notifications"
@@ -185,5 +189,58 @@ class Notification(Base):
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
-__all__ = ["KitType", "Lot", "Kit", "Shipment", "ShipmentKit", "SiteSupply", "SubjectVisit",
-           "KitReturn", "ReturnKit", "Notification"]
+class Delivery(Base):
+    """One outbound message to one user: the durable queue row the sender works from.
+
+    The sender (``ivrs.notify``) expands a notification into one delivery per
+    recipient, with the text rendered in the recipient's language and stored,
+    so that what was sent is on record. ``status`` moves forward only:
+    ``queued`` -> ``sending`` (claimed by one sender, the request may be under
+    way) -> ``sent`` (Twilio accepted it; ``provider_sid``) -> ``delivered`` |
+    ``undelivered`` | ``failed`` (status callbacks); ``failed`` also when Twilio
+    refused it or the retries ran out, ``opted_out`` when the recipient opted
+    out (never sent). See ``core.deliveries``.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "user_id"),
+        # Twilio's message sid; NULL until sent (NULLs never collide).
+        UniqueConstraint("provider_sid"),
+        # the sender's question: what is queued and due now
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    to_phone: Mapped[str] = mapped_column(String(32))
+    language: Mapped[str] = mapped_column(String(10))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # when the current (or last) attempt was claimed: a delivery left ``sending``
+    # long after this is reconciled against Twilio's message list
+    attempt_started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    provider_sid: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+
+
+__all__ = [
+    "Delivery",
+    "Kit",
+    "KitReturn",
+    "KitType",
+    "Lot",
+    "Notification",
+    "ReturnKit",
+    "Shipment",
+    "ShipmentKit",
+    "SiteSupply",
+    "SubjectVisit",
+]

@@ -4,8 +4,10 @@ A notification is a row (``Notification``) with a kind, an audience
 (``role:depot_manager``, ``site:101``, ``user:5001``), a prompt id and its
 parameters. It is written in the same transaction as the change it reports, so
 a rolled-back change never notifies anyone and a committed one always does.
-The SMS issue sends pending rows through Twilio (or e-mail); without
-credentials they stay here and ``ivrs outbox`` lists them.
+With Twilio configured the sender (``ivrs.notify``) expands each pending row
+into one delivery per recipient (``core.deliveries``; the row becomes
+``expanded``) and sends those; without credentials the rows stay ``pending``
+here and ``ivrs outbox`` lists them with the text each recipient would get.
 
 Each notification has a ``key``: writing the same key twice is a no-op, which
 is how jobs that run every day (expiry warnings, depot shortages) notify once.
@@ -24,6 +26,7 @@ from core.audit import AuditLog
 from core.supply.models import Notification
 
 PENDING = "pending"
+EXPANDED = "expanded"  # turned into deliveries (core.deliveries): the sender has it
 
 
 def notify(session: Session, audit: AuditLog | None, study_id: int, *, key: str, kind: str,
@@ -46,7 +49,8 @@ def notify(session: Session, audit: AuditLog | None, study_id: int, *, key: str,
 
 def list_notifications(session: Session, study_id: int, *, include_sent: bool = False,
                        kind: str | None = None) -> list[Notification]:
-    """The study's notifications, oldest first (only pending ones by default)."""
+    """The study's notifications, oldest first (only pending ones, not yet handed to
+    the sender, by default)."""
     query = select(Notification).where(Notification.study_id == study_id)
     if not include_sent:
         query = query.where(Notification.status == PENDING)

@@ -29,7 +29,8 @@ from core.models import Site
 from core.service import service_call
 from core.supply.kits import apply_move, lock_kits
 from core.supply.lifecycle import QUARANTINED
-from core.supply.models import Notification, ShipmentKit
+from core.supply.models import ShipmentKit
+from core.supply.outbox import notify
 from core.supply.shipments import (
     DISPATCHED,
     RECEIVED,
@@ -126,11 +127,11 @@ def receive_shipment(db: Database, *, shipment_number: str, actor: Actor,
                   "missing": outcomes[MISSING], "quarantined": outcomes[QUARANTINE]}
         if temperature_excursion or outcomes[DAMAGED] or outcomes[MISSING]:
             # Supply managers must act: release or reject, replace lost stock.
-            session.add(Notification(
-                study_id=call.study.id, key=f"shipment_problem:{shipment.shipment_number}",
-                kind="shipment_problem", audience="role:depot_manager",
-                message_id="shipment_problem",
-                params={"shipment": shipment.shipment_number, "site": site.code, **counts}))
+            notify(session, call.audit, call.study.id,
+                   key=f"shipment_problem:{shipment.shipment_number}",
+                   kind="shipment_problem", audience="role:depot_manager",
+                   message_id="notify.shipment_problem",
+                   params={"shipment": shipment.shipment_number, "site": site.code, **counts})
         call.audit.record("shipment_received", "shipment", shipment.shipment_number,
                           old={"status": DISPATCHED},
                           new={"status": RECEIVED, "site": site.code,

@@ -75,8 +75,8 @@ from core.supply.kits import not_in_open_return, supply_settings
 from core.supply.lifecycle import AVAILABLE, IN_TRANSIT, RESERVED
 from core.supply.models import Kit, KitType, Shipment, SiteSupply, SubjectVisit
 from core.supply.outbox import notify
-from core.supply.visits import utc_date
 from core.supply.shipments import CANCELLED, DISPATCHED, REQUESTED, ShipmentPlan, create_shipment
+from core.supply.visits import utc_date
 
 SYSTEM_ACTOR = "system:resupply"
 # The job runs once a day: a shipment requested now must cover the visits up
@@ -254,15 +254,19 @@ def _record_shortage(session: Session, audit: AuditLog, study_id: int, site: Sit
     params = {"site": site.code, "depot": depot_code, "reason": reason, "kits": kits}
     audit.record("depot_short", "site", site.code, new=params)
     notify(session, audit, study_id, key=f"depot_short:{site.code}:{today.isoformat()}",
-           kind="depot_short", audience=DEPOT_MANAGERS, params=params)
+           kind="depot_short", audience=DEPOT_MANAGERS,
+           # A site that cannot randomize waits on this depot: the text says so.
+           message_id="notify.depot_short.urgent" if reason == "urgent" else "notify.depot_short",
+           params={"site": site.code, "depot": depot_code, "reason": reason, "count": kits})
 
 
 def _notify_requested(session: Session, audit: AuditLog, study_id: int, shipment: Shipment,
                       site: Site, kits: int) -> None:
     notify(session, audit, study_id, key=f"shipment_requested:{shipment.shipment_number}",
            kind="shipment_requested", audience=DEPOT_MANAGERS,
+           message_id="notify.shipment_requested",
            params={"shipment": shipment.shipment_number, "site": site.code,
-                   "reason": shipment.reason, "kits": kits})
+                   "reason": shipment.reason, "count": kits})
 
 
 # --- the job --------------------------------------------------------------------------------
@@ -360,5 +364,6 @@ def urgent_resupply(session: Session, audit: AuditLog, study: Study, site: Site,
         return None
     notify(session, audit, study.id, key=f"urgent_resupply:{shipment.shipment_number}",
            kind="urgent_resupply", audience=DEPOT_MANAGERS,
-           params={"site": site.code, "shipment": shipment.shipment_number, "kits": kits})
+           message_id="notify.urgent_resupply",
+           params={"site": site.code, "shipment": shipment.shipment_number, "count": kits})
     return shipment

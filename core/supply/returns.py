@@ -165,9 +165,9 @@ def declare_return(db: Database, *, site_code: str, kit_numbers: Iterable[str], 
                                "kit_type": _type_counts(session, kits)})
         notify(session, call.audit, call.study.id,
                key=f"return_declared:{kit_return.return_number}", kind="return_declared",
-               audience="role:project_manager",
+               audience="role:project_manager", message_id="notify.return_declared",
                params={"return": kit_return.return_number, "site": site.code,
-                       "kits": len(kits)})
+                       "count": len(kits)})
         return ReturnResult(**call.finish(_result(kit_return, site, depot, listed)))
 
 
@@ -249,13 +249,17 @@ def _decide(db: Database, return_number: str, status: str, reason: str | None, a
         call.audit.record(f"return_{status}", "return", kit_return.return_number,
                           old={"status": DECLARED}, new={"status": status, "kits": len(kits)},
                           reason=reason)
-        params: dict[str, Any] = {"return": kit_return.return_number, "kits": len(kits),
+        params: dict[str, Any] = {"return": kit_return.return_number, "count": len(kits),
                                   "depot": depot.code}
         if reason:
-            params["reason"] = reason
+            # The SMS quotes the reason; a long one is cut (the audit keeps it whole).
+            params["reason"] = reason if len(reason) <= 60 else reason[:57] + "..."
         notify(session, call.audit, call.study.id,
                key=f"return_{status}:{kit_return.return_number}", kind=f"return_{status}",
-               audience=f"site:{site.code}", params=params)
+               audience=f"site:{site.code}",
+               message_id=("notify.return_approved" if status == APPROVED
+                           else "notify.return_rejected"),
+               params=params)
         return ReturnResult(**call.finish(_result(kit_return, site, depot,
                                                   [kit.kit_number for kit in kits])))
 

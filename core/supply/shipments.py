@@ -31,7 +31,8 @@ from core.models import Depot, Site, Study
 from core.service import service_call
 from core.supply.kits import apply_move, last_shippable_expiry
 from core.supply.lifecycle import AT_DEPOT, RESERVED
-from core.supply.models import Kit, KitType, Notification, Shipment, ShipmentKit, SiteSupply
+from core.supply.models import Kit, KitType, Shipment, ShipmentKit, SiteSupply
+from core.supply.outbox import notify
 
 REQUESTED, DISPATCHED, RECEIVED, CANCELLED = "requested", "dispatched", "received", "cancelled"
 NUMBER_BASE = 500000  # shipment numbers are digits (typed on a keypad): 500001, 500002 ...
@@ -213,12 +214,12 @@ def dispatch_shipment(db: Database, *, shipment_number: str, carrier: str,
         shipment.carrier, shipment.tracking_number = carrier, tracking_number
         shipment.dispatched_on = on
         site, depot = session.get(Site, shipment.site_id), session.get(Depot, shipment.depot_id)
-        session.add(Notification(
-            study_id=call.study.id, key=f"shipment_dispatched:{shipment.shipment_number}",
-            kind="shipment_dispatched", audience=f"site:{site.code}",
-            message_id="shipment_dispatched",
-            params={"shipment": shipment.shipment_number, "kits": len(kits),
-                    "carrier": carrier, "tracking": tracking_number}))
+        notify(session, call.audit, call.study.id,
+               key=f"shipment_dispatched:{shipment.shipment_number}",
+               kind="shipment_dispatched", audience=f"site:{site.code}",
+               message_id="notify.shipment_dispatched",
+               params={"shipment": shipment.shipment_number, "count": len(kits),
+                       "carrier": carrier, "tracking": tracking_number})
         call.audit.record("shipment_dispatched", "shipment", shipment.shipment_number,
                           old={"status": REQUESTED},
                           new={"status": DISPATCHED, "carrier": carrier,

@@ -21,6 +21,7 @@ from transitions import State
 from core.actors import SITE_ROLES, Actor
 from core.db import Database
 from core.errors import IvrsError
+from dialogs.errors import error_prompt
 from dialogs.output import KEY, NUMBER, Digits, Say, Turn
 
 MAX_SILENCES = 2  # repeats after silence before hanging up
@@ -247,23 +248,6 @@ def confirm_or_cancel(source: str, action: str) -> list[dict]:
 
 def subject_entry(prefix: str, ok_dest: str, check: str) -> tuple[list[dict], list[dict]]:
     return number_entry(f"{prefix}_subject", "subject", "subject.enter", ok_dest, check)
-
-
-# Core error codes whose own prompt exists; anything else gets a generic refusal
-# that still names nothing it should not.
-KNOWN_ERRORS = frozenset({
-    "unknown_subject", "wrong_site", "not_allowed", "already_randomized",
-    "subject_screened", "subject_screen_failed", "subject_randomized", "subject_discontinued",
-    "subject_not_randomized", "not_eligible", "list_exhausted", "cap_reached",
-    "no_stock_at_site", "no_stock", "no_visit_due", "kit_not_assigned", "unknown_shipment",
-    "shipment_not_due", "kit_not_in_shipment", "site_full", "unknown_site", "bad_pin",
-    "pin_unchanged", "locked", "previous_event_missing", "no_randomization", "no_kit_type",
-    "key_reused", "bad_state",
-})
-
-
-def error_prompt(code: str) -> str:
-    return f"error.{code}" if code in KNOWN_ERRORS else "error.refused"
 
 
 def _speakable(params: dict[str, Any]) -> dict[str, Any]:

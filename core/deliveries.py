@@ -1,0 +1,426 @@
+"""Deliveries: the outbox's notifications as one durable queue row per recipient.
+
+A notification (``core.supply.outbox``) names an audience; the sender turns it
+into ``Delivery`` rows, one per user who should get it, and then works from
+those rows alone. This module is the database side of that work, free of
+Twilio: who the recipients are, the expansion, the claim of one due delivery,
+and every outcome the sender or a status callback records. ``ivrs.notify``
+does the talking to Twilio.
+
+Why a row per recipient: each message has its own attempts, backoff, provider
+sid and delivery status, and the unique (notification, user) pair makes the
+expansion idempotent, so a notification reaches a user at most once whatever
+runs twice.
+
+Never twice: a delivery is *claimed* (``queued`` -> ``sending``, attempts + 1)
+in a transaction of its own that commits before the request to Twilio leaves.
+Only a row still ``queued`` can be claimed, and on PostgreSQL the candidate
+row is locked with ``FOR UPDATE SKIP LOCKED``, so parallel senders (several
+servers, a by-hand ``ivrs outbox send``) never claim one row twice; SQLite
+serializes writers with ``BEGIN IMMEDIATE``. Every outcome names the attempt
+it is about (the attempts count at claim time) and changes nothing when the
+row has moved on since, so a late outcome cannot undo a newer one.
+
+Opt-out: a user who opted out (SMS ``STOP``, or Twilio's error 21610) gets a
+delivery in status ``opted_out`` that is never sent; the check is made at
+expansion and again at claim time, so a STOP that arrives in between wins.
+
+Blinding: audit rows name the delivery, the notification key, the recipient's
+user code, the provider sid and error codes; never the text, a kit type or an arm.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.audit import AuditLog
+from core.clock import as_utc
+from core.db import Database
+from core.models import Site, User, UserSite
+from core.supply.models import Delivery, Notification
+from core.supply.outbox import EXPANDED, PENDING
+
+log = logging.getLogger("core.deliveries")
+
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+DELIVERED = "delivered"
+UNDELIVERED = "undelivered"
+FAILED = "failed"
+OPTED_OUT = "opted_out"
+# A status moves to a higher rank only: a late "sent" callback after
+# "delivered" changes nothing, and no final status is ever left.
+RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, UNDELIVERED: 3, FAILED: 3, OPTED_OUT: 3}
+WAITING = (QUEUED, SENDING)
+
+SENDER_ACTOR = "system:sender"
+MESSAGING_ACTOR = "system:messaging"
+NO_TEXT = "no_text"
+RETRIES_EXHAUSTED = "retries_exhausted"
+OPTED_OUT_CODE = "21610"  # Twilio: "Attempt to send to unsubscribed recipient"
+
+# Backoff after a failed attempt that certainly sent nothing: 30 s, 1 min,
+# 2 min ... at most an hour; the 8th failed attempt is final.
+BACKOFF_FIRST = timedelta(seconds=30)
+BACKOFF_MAX = timedelta(hours=1)
+MAX_ATTEMPTS = 8
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait after the ``attempts``-th failed attempt (1-based)."""
+    return min(BACKOFF_FIRST * 2 ** max(attempts - 1, 0), BACKOFF_MAX)
+
+
+# --- who gets a notification -------------------------------------------------------------
+
+
+def audience_users(session: Session, study_id: int, audience: str) -> list[User]:
+    """The active users with a phone that ``audience`` names, by user code.
+
+    ``user:<code>`` one user, ``role:<role>`` every user of that role,
+    ``site:<code>`` every user linked to that site. Opted-out users are
+    included (the caller decides what they get); an audience of another
+    shape names nobody and is logged.
+    """
+    kind, _, name = audience.partition(":")
+    query = select(User).where(User.study_id == study_id, User.active.is_(True),
+                               User.phone.is_not(None), User.phone != "")
+    if kind == "user":
+        query = query.where(User.user_code == name)
+    elif kind == "role":
+        query = query.where(User.role == name)
+    elif kind == "site":
+        query = (query.join(UserSite, UserSite.user_id == User.id)
+                 .join(Site, Site.id == UserSite.site_id)
+                 .where(Site.study_id == study_id, Site.code == name))
+    else:
+        log.warning("notification audience %r names nobody: expected user:, role: or site:",
+                    audience)
+        return []
+    return list(session.scalars(query.order_by(User.user_code)))
+
+
+# --- expansion ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expansion:
+    notifications: int = 0  # notifications expanded
+    queued: int = 0  # deliveries waiting to be sent
+    opted_out: int = 0  # deliveries that will never be sent: the user opted out
+    failed: int = 0  # deliveries with no text to send
+
+
+def expand_pending(db: Database, render: Callable[[Notification, User], str], *,
+                   now: datetime, limit: int = 100) -> Expansion:
+    """Turn up to ``limit`` pending notifications into deliveries (``pending`` ->
+    ``expanded``), each in a transaction of its own. ``render`` gives the text
+    a user gets; an empty text makes a ``failed`` delivery (``no_text``), never
+    an empty message."""
+    totals = defaultdict(int)
+    for _ in range(limit):
+        with db.transaction() as session:
+            notification = session.scalars(
+                select(Notification).where(Notification.status == PENDING)
+                .order_by(Notification.id).limit(1).with_for_update(skip_locked=True)).first()
+            if notification is None:
+                break
+            for name, count in _expand(session, notification, render, now).items():
+                totals[name] += count
+            totals["notifications"] += 1
+    return Expansion(**totals)
+
+
+def _expand(session: Session, notification: Notification,
+            render: Callable[[Notification, User], str], now: datetime) -> dict[str, int]:
+    audit = AuditLog(notification.study_id, SENDER_ACTOR)
+    counts = defaultdict(int)
+    recipients = audience_users(session, notification.study_id, notification.audience)
+    for user in recipients:
+        body = render(notification, user)  # kept also when unsent: what they would have got
+        if user.opted_out:
+            status, error = OPTED_OUT, None
+        elif not body.strip():
+            status, error = FAILED, NO_TEXT
+            log.error("notification %s: message %s has no text for user %s (%s): not sent",
+                      notification.key, notification.message_id, user.user_code, user.language)
+        else:
+            status, error = QUEUED, None
+        delivery = Delivery(study_id=notification.study_id, notification_id=notification.id,
+                            user_id=user.id, to_phone=user.phone, language=user.language,
+                            body=body, status=status, attempts=0, next_attempt_at=now,
+                            error_code=error, created_at=now, updated_at=now)
+        session.add(delivery)
+        session.flush()
+        counts[status] += 1
+        if status == OPTED_OUT:
+            audit.record("message_opted_out", "delivery", delivery.id,
+                         new={"notification": notification.key, "user": user.user_code})
+        elif status == FAILED:
+            audit.record("message_failed", "delivery", delivery.id,
+                         new={"notification": notification.key, "user": user.user_code,
+                              "error_code": error})
+    notification.status = EXPANDED
+    audit.record("notification_expanded", "notification", notification.key,
+                 new={"recipients": [user.user_code for user in recipients]})
+    audit.seal(session)
+    return {"queued": counts[QUEUED], "opted_out": counts[OPTED_OUT], "failed": counts[FAILED]}
+
+
+# --- claiming ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery one sender holds: its attempt number names the attempt."""
+
+    id: int
+    study_id: int
+    to_phone: str
+    body: str
+    attempt: int
+    attempt_started_at: datetime
+
+
+def claim_next(db: Database, *, now: datetime) -> tuple[Claimed | None, int]:
+    """Claim the next due delivery (``queued`` -> ``sending``) and commit.
+
+    Returns it (None when nothing is due) and how many due deliveries were
+    found on the way whose user has opted out since: those become
+    ``opted_out`` and are never sent.
+    """
+    opted_out = 0
+    with db.transaction() as session:
+        while True:
+            row = session.execute(
+                select(Delivery, User.opted_out, User.user_code)
+                .join(User, User.id == Delivery.user_id)
+                .where(Delivery.status == QUEUED, Delivery.next_attempt_at <= now)
+                .order_by(Delivery.next_attempt_at, Delivery.id).limit(1)
+                .with_for_update(of=Delivery, skip_locked=True)).first()
+            if row is None:
+                return None, opted_out
+            delivery, user_opted_out, user_code = row
+            if user_opted_out:
+                _finish(session, delivery, OPTED_OUT, now, user_code=user_code)
+                opted_out += 1
+                continue
+            # Conditional, so that even a row someone else moved is never claimed twice.
+            claimed = session.execute(
+                update(Delivery).where(Delivery.id == delivery.id, Delivery.status == QUEUED)
+                .values(status=SENDING, attempts=Delivery.attempts + 1,
+                        attempt_started_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)).rowcount
+            if claimed != 1:  # cannot happen under the row lock; never loop on it
+                log.error("delivery %s could not be claimed although locked", delivery.id)
+                return None, opted_out
+            return Claimed(delivery.id, delivery.study_id, delivery.to_phone, delivery.body,
+                           delivery.attempts + 1, now), opted_out
+
+
+def stale_sending(db: Database, *, now: datetime, older_than: timedelta,
+                  limit: int = 50) -> list[Claimed]:
+    """Deliveries left ``sending`` since before ``now - older_than``: their sender
+    died, or did not learn whether Twilio took the message."""
+    with db.sessions() as session:
+        rows = session.scalars(
+            select(Delivery).where(Delivery.status == SENDING,
+                                   Delivery.attempt_started_at < now - older_than)
+            .order_by(Delivery.attempt_started_at, Delivery.id).limit(limit))
+        return [Claimed(d.id, d.study_id, d.to_phone, d.body, d.attempts,
+                        as_utc(d.attempt_started_at)) for d in rows]
+
+
+# --- outcomes ----------------------------------------------------------------------------
+
+
+def record_sent(db: Database, claimed: Claimed, sid: str, *, now: datetime,
+                provider_status: str = SENT, reconciled: bool = False) -> bool:
+    """Twilio took the message (``sid``). Also applied to a row put back in the
+    queue since (it must not go out again); False if the row had moved on."""
+    with db.transaction() as session:
+        delivery, user_code = _locked(session, claimed.id)
+        if delivery.provider_sid == sid:
+            return False  # recorded already (a reconciliation that raced)
+        if delivery.status not in WAITING:
+            log.error("delivery %s: Twilio took message %s, but the delivery is already %s "
+                      "(message %s)", delivery.id, sid, delivery.status, delivery.provider_sid)
+            return False
+        delivery.provider_sid = sid
+        delivery.sent_at = now
+        status = provider_status if RANK.get(provider_status, 0) > RANK[SENT] else SENT
+        _finish(session, delivery, status, now, user_code=user_code, sid=sid,
+                reconciled=reconciled)
+        return True
+
+
+def record_retry(db: Database, claimed: Claimed, error_code: str, *, now: datetime) -> str | None:
+    """Nothing was sent (Twilio answered 429/5xx, or no connection): back to the
+    queue after the backoff, or ``failed`` after the last attempt. Returns the
+    new status, None when the attempt was no longer the delivery's."""
+    with db.transaction() as session:
+        delivery, user_code = _locked(session, claimed.id)
+        if not _current(delivery, claimed):
+            return None
+        if delivery.attempts >= MAX_ATTEMPTS:
+            _finish(session, delivery, FAILED, now, user_code=user_code,
+                    error_code=RETRIES_EXHAUSTED, last_error=error_code)
+            return FAILED
+        delivery.status = QUEUED
+        delivery.error_code = error_code
+        delivery.next_attempt_at = now + backoff(delivery.attempts)
+        delivery.updated_at = now
+        return QUEUED
+
+
+def record_failed(db: Database, claimed: Claimed, error_code: str, *,
+                  now: datetime) -> bool:
+    """Twilio refused the message for good (a 4xx other than 429 and 21610)."""
+    with db.transaction() as session:
+        delivery, user_code = _locked(session, claimed.id)
+        if not _current(delivery, claimed):
+            return False
+        _finish(session, delivery, FAILED, now, user_code=user_code, error_code=error_code)
+        return True
+
+
+def record_recipient_opted_out(db: Database, claimed: Claimed, *, now: datetime) -> bool:
+    """Twilio's 21610: the recipient has unsubscribed from our number. The
+    delivery is ``opted_out`` and every user with that phone is opted out."""
+    with db.transaction() as session:
+        delivery, user_code = _locked(session, claimed.id)
+        if not _current(delivery, claimed):
+            return False
+        _finish(session, delivery, OPTED_OUT, now, user_code=user_code,
+                error_code=OPTED_OUT_CODE)
+        opt_out_phone(session, delivery.to_phone, True, source=f"twilio {OPTED_OUT_CODE}",
+                      actor=SENDER_ACTOR)
+        return True
+
+
+# Twilio's MessageStatus -> ours. "queued" .. "sending" there all mean "Twilio has
+# it", which is our "sent"; "read" (WhatsApp) is at least delivered.
+PROVIDER_STATUSES = {
+    "accepted": SENT, "scheduled": SENT, "queued": SENT, "sending": SENT, "sent": SENT,
+    "delivered": DELIVERED, "read": DELIVERED, "undelivered": UNDELIVERED,
+    "failed": FAILED, "canceled": FAILED,
+}
+
+
+def record_provider_status(db: Database, *, sid: str, provider_status: str,
+                           error_code: str | None, now: datetime) -> str | None:
+    """A status callback: the delivery with ``sid`` moves forward to the status
+    Twilio reports (never backwards). Error 21610 opts the recipient out.
+    Returns the new status; None when the sid is unknown or nothing changed."""
+    status = PROVIDER_STATUSES.get(provider_status)
+    if status is None:
+        log.warning("message %s: unknown status %r ignored", sid, provider_status)
+        return None
+    with db.transaction() as session:
+        found = session.execute(
+            select(Delivery, User.user_code).join(User, User.id == Delivery.user_id)
+            .where(Delivery.provider_sid == sid).with_for_update(of=Delivery)).first()
+        if found is None:
+            log.info("status %s for message %s, which is none of ours: ignored",
+                     provider_status, sid)
+            return None
+        delivery, user_code = found
+        if error_code == OPTED_OUT_CODE:
+            status = OPTED_OUT
+            opt_out_phone(session, delivery.to_phone, True, source=f"twilio {OPTED_OUT_CODE}",
+                          actor=SENDER_ACTOR)
+        if RANK[status] <= RANK[delivery.status]:
+            return None
+        _finish(session, delivery, status, now, user_code=user_code, error_code=error_code)
+        return status
+
+
+def _locked(session: Session, delivery_id: int) -> tuple[Delivery, str]:
+    delivery, user_code = session.execute(
+        select(Delivery, User.user_code).join(User, User.id == Delivery.user_id)
+        .where(Delivery.id == delivery_id).with_for_update(of=Delivery)).one()
+    return delivery, user_code
+
+
+def _current(delivery: Delivery, claimed: Claimed) -> bool:
+    """Is the row still in the attempt this outcome is about?"""
+    if delivery.status == SENDING and delivery.attempts == claimed.attempt:
+        return True
+    log.warning("delivery %s: outcome of attempt %d ignored, the delivery is %s (attempt %d)",
+                delivery.id, claimed.attempt, delivery.status, delivery.attempts)
+    return False
+
+
+AUDIT_ACTIONS = {SENT: "message_sent", DELIVERED: "message_sent", FAILED: "message_failed",
+                 UNDELIVERED: "message_failed", OPTED_OUT: "message_opted_out"}
+
+
+def _finish(session: Session, delivery: Delivery, status: str, now: datetime, *,
+            user_code: str, sid: str | None = None, error_code: str | None = None,
+            **details) -> None:
+    """Move a delivery to ``status`` and audit it (a status callback's
+    ``delivered`` is a fact about the carrier, kept on the row only)."""
+    old = delivery.status
+    delivery.status = status
+    if error_code is not None:
+        delivery.error_code = error_code
+    delivery.updated_at = now
+    if old in WAITING or status in (FAILED, UNDELIVERED, OPTED_OUT):
+        values = {"notification_id": delivery.notification_id, "user": user_code,
+                  "provider_sid": sid or delivery.provider_sid,
+                  "error_code": delivery.error_code, **details}
+        audit = AuditLog(delivery.study_id, SENDER_ACTOR)
+        audit.record(AUDIT_ACTIONS[status], "delivery", delivery.id, old={"status": old},
+                     new={"status": status, **{k: v for k, v in values.items() if v}})
+        audit.seal(session)
+
+
+# --- opting out and back in --------------------------------------------------------------
+
+
+def set_opted_out(db: Database, *, phone: str, opted_out: bool, source: str,
+                  study: str | None = None, actor: str = MESSAGING_ACTOR) -> int:
+    """Opt every user with ``phone`` out of outbound messages (or back in): in
+    one study, or by default in all (an opt-out at the carrier is of our number,
+    which every study shares). Audited ``user_opted_out`` / ``user_opted_in``
+    with ``source`` ("sms STOP", "twilio 21610"). Returns the number of users
+    whose setting changed."""
+    with db.transaction() as session:
+        study_id = None
+        if study is not None:
+            from core.studies import study_ref
+
+            study_id = study_ref(session, study).id
+        return opt_out_phone(session, phone, opted_out, source=source, actor=actor,
+                             study_id=study_id)
+
+
+def opt_out_phone(session: Session, phone: str, opted_out: bool, *, source: str,
+                  actor: str, study_id: int | None = None) -> int:
+    """``set_opted_out`` inside the caller's transaction."""
+    phone = (phone or "").strip()
+    if not phone:
+        return 0
+    query = select(User).where(User.phone == phone, User.opted_out != opted_out)
+    if study_id is not None:
+        query = query.where(User.study_id == study_id)
+    users = list(session.scalars(query.order_by(User.study_id, User.user_code)
+                                 .with_for_update()))
+    audits: dict[int, AuditLog] = {}
+    for user in users:
+        user.opted_out = opted_out
+        audit = audits.setdefault(user.study_id, AuditLog(user.study_id, actor))
+        audit.record("user_opted_out" if opted_out else "user_opted_in", "user",
+                     user.user_code, old={"opted_out": not opted_out},
+                     new={"opted_out": opted_out, "source": source})
+    for audit in audits.values():
+        audit.seal(session)
+    return len(users)
