@@ -133,12 +133,13 @@ class PhoneUsers:
     study: str  # the study's code
     user_codes: tuple[str, ...]
     language: str | None  # the first user's language: the number's language
+    locked: frozenset[str] = frozenset()  # of user_codes, those locked now
 
 
 _studies, _numbers, _users = Study.__table__, StudyPhoneNumber.__table__, User.__table__
 # Every text message asks this first: one statement, no ORM, no study configuration.
 _USERS_BY_NUMBERS = (
-    select(_studies.c.code, _users.c.user_code, _users.c.language)
+    select(_studies.c.code, _users.c.user_code, _users.c.language, _users.c.locked)
     .select_from(_numbers.join(_studies, _studies.c.id == _numbers.c.study_id)
                  .outerjoin(_users, and_(_users.c.study_id == _studies.c.id,
                                          _users.c.phone == bindparam("phone"),
@@ -160,13 +161,16 @@ def users_for_phone(db: Database, *, phone: str | None, dialed: str | None = Non
         else:  # a number no study has: the only study takes it (SPEC §4)
             ref = study_ref(session, study)
             code = ref.code
-            rows = session.execute(select(_studies.c.code, _users.c.user_code, _users.c.language)
+            rows = session.execute(select(_studies.c.code, _users.c.user_code,
+                                          _users.c.language, _users.c.locked)
                                    .join(_users, _users.c.study_id == _studies.c.id)
                                    .where(_studies.c.id == ref.id, _users.c.phone == phone,
                                           _users.c.active.is_(True))
                                    .order_by(_users.c.user_code)).all()
-    users = [(user_code, language) for _, user_code, language in rows if user_code]
-    return PhoneUsers(code, tuple(u for u, _ in users), users[0][1] if users else None)
+    users = [(user_code, language, locked) for _, user_code, language, locked in rows
+             if user_code]
+    return PhoneUsers(code, tuple(u for u, _, _ in users), users[0][1] if users else None,
+                      frozenset(u for u, _, locked in users if locked))
 
 
 def language_for_phone(db: Database, *, phone: str | None, study: str | None = None

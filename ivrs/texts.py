@@ -75,7 +75,15 @@ def _answer(db: Database, store: SessionStore, request: TextRequest) -> str:
     if not users.user_codes:
         return _unknown_sender(store, study, request)
     key = f"sms:{study}:{request.sender}"
-    session = store.load(key) or new_session(users.language)
+    session = store.load(key)
+    signed_in = (session or {}).get("user", {}).get("user_code")
+    if session is None or (signed_in and signed_in not in users.user_codes):
+        # New, or its user was deactivated since: the phone starts over.
+        session = new_session(users.language)
+    elif signed_in in users.locked:
+        # Locked since (wrong PINs on a call, an administrator): the session ends now.
+        store.delete(key)
+        return reply([Say("error.locked")], session["language"])
     ctx = TextContext(db, study, request.message_sid, request.sender, users.user_codes)
     before = session["state"]
     says = run(session, ctx, request.body)

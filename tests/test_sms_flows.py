@@ -8,8 +8,9 @@ from datetime import date, timedelta
 
 import pytest
 from helpers import table_counts
-from sqlalchemy import func, select
-from voice import BARCELONA, PARIS, UNKNOWN
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
+from voice import BARCELONA, PARIS, TOKEN, UNKNOWN
 
 from core.actors import ADMIN, Actor
 from core.models import AuditEvent, Site, Subject, User
@@ -18,8 +19,13 @@ from core.subjects import screen_subject
 from core.supply.models import Kit, Notification, Shipment
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
-from core.users import add_user, reset_pin
+from core.users import add_user, reset_pin, set_locked
+from ivrs.app import create_app
+from ivrs.config import Settings
+from ivrs.phone import AppTransport
+from ivrs.sessions import MemorySessionStore, SessionStoreError
 from ivrs.sms_text import segments
+from ivrs.texter import Texter
 
 STUDY = "DEMO-301"
 MARIE = Actor(role="site_coordinator", user_code="5001", site_codes=frozenset({"101"}),
@@ -366,3 +372,52 @@ def test_a_wrong_kit_with_several_assignments_pending_lists_them_all(voice):
     assert reply.text == (f"Kit 999999 is not yours. Pending: "
                           f"{second}, {first}. Nothing confirmed."), reply.text
     assert kit_status(voice.db, first)[0] == kit_status(voice.db, second)[0] == "assigned"
+
+
+class _DownStore(MemorySessionStore):
+    def claim(self, key, ttl):
+        raise SessionStoreError("connection refused")
+
+
+def test_a_session_store_failure_is_an_apology_not_a_500(voice):
+    app = create_app(Settings(database_url="unused", twilio_auth_token=TOKEN), db=voice.db,
+                     store=_DownStore())
+    reply = Texter(AppTransport(app), sender=PARIS, auth_token=TOKEN).send("STOCK")
+    assert reply.status == 200 and reply.text.startswith("Sorry, something went wrong")
+
+
+def test_a_database_failure_is_an_apology_and_twilio_s_retry_then_acts_once(voice,
+                                                                           monkeypatch):
+    subject, _ = randomized_subject(voice.db)
+    monkeypatch.setenv("IVRS_TODAY", str(date(2026, 11, 23) + timedelta(days=28)))
+    texter = signed_in(voice)
+    import dialogs.sms.commands as commands
+
+    real_dispense = commands.dispense
+
+    def down(*args, **kwargs):
+        raise OperationalError("INSERT ...", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(commands, "dispense", down)
+    failed = texter.send(f"DISP {subject}")
+    assert failed.status == 200 and failed.text.startswith("Sorry")
+    monkeypatch.setattr(commands, "dispense", real_dispense)
+    retried = texter.send(f"DISP {subject}", message_sid=failed.message_sid)
+    assert "hand out kit no." in retried.text, retried.text
+    assert texter.send(f"DISP {subject}", message_sid=failed.message_sid).xml == retried.xml
+    with voice.db.sessions() as session:
+        assert session.scalar(select(func.count()).where(Kit.visit_code == "V2")) == 2
+
+
+def test_a_user_locked_or_deactivated_during_a_session_can_do_nothing_more(voice):
+    texter = signed_in(voice)
+    set_locked(voice.db, user_code="5001", locked=True, actor=ADMIN, reason="left the site",
+               study=STUDY)
+    assert texter.send("STOCK").text == "Your access is locked."
+    assert texter.send("STOCK").text == "Please reply with your PIN."  # a new session
+    set_locked(voice.db, user_code="5001", locked=False, actor=ADMIN, reason="back",
+               study=STUDY)
+    texter.send("2468")
+    with voice.db.transaction() as session:
+        session.execute(update(User).where(User.user_code == "5001").values(active=False))
+    assert texter.send("STOCK").text == "This number is not registered for this service."

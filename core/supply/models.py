@@ -175,7 +175,9 @@ class Notification(Base):
     """
 
     __tablename__ = "notifications"
-    __table_args__ = (UniqueConstraint("study_id", "key"),)
+    __table_args__ = (UniqueConstraint("study_id", "key"),
+                      # the sender's "oldest pending" without reading what was sent
+                      Index("ix_notifications_status_id", "status", "id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)

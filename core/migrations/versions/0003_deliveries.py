@@ -1,5 +1,5 @@
 """deliveries: one outbound message per recipient, the sender's durable queue;
-indexes for looking a sender up by phone and a user's kits awaiting confirmation
+indexes: a sender by phone, a user's kits awaiting confirmation, pending notifications
 
 Revision ID: 0003
 Revises: 0002
@@ -51,9 +51,13 @@ def upgrade() -> None:
     with op.batch_alter_table('kits', schema=None) as batch_op:
         batch_op.create_index('ix_kits_study_id_assigned_by_status',
                               ['study_id', 'assigned_by', 'status'], unique=False)
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.create_index('ix_notifications_status_id', ['status', 'id'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.drop_index('ix_notifications_status_id')
     with op.batch_alter_table('kits', schema=None) as batch_op:
         batch_op.drop_index('ix_kits_study_id_assigned_by_status')
     with op.batch_alter_table('users', schema=None) as batch_op:
