@@ -1,17 +1,21 @@
 """Test database: SQLite by default, PostgreSQL when IVRS_TEST_DATABASE_URL is set.
 
 Each test gets an empty, freshly migrated database: a new SQLite file, or on
-PostgreSQL a schema of its own (so parallel clients of one test share it and
-nothing leaks between tests).
+PostgreSQL a database of its own (so parallel clients of one test share it and
+nothing leaks between tests). On PostgreSQL the migrations run once per test
+session, into a template database that each test's database is created from
+(``CREATE DATABASE ... TEMPLATE``: a fraction of the time of migrating each).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import uuid
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from core.db import Database, database_url, make_engine
 from core.migrate import upgrade
@@ -20,26 +24,60 @@ PG_URL = os.environ.get("IVRS_TEST_DATABASE_URL")
 
 pytest_plugins = ["voice"]
 
+_template: str | None = None
+
+
+def _admin():
+    return make_engine(PG_URL, pool_size=1, isolation_level="AUTOCOMMIT")
+
+
+def _url_of(database: str) -> str:
+    # A test database need not survive a crash of the server: commits do not
+    # wait for the disk (the tests wait on commits more than on anything else).
+    return (make_url(database_url(PG_URL)).set(database=database)
+            .update_query_dict({"options": "-c synchronous_commit=off"})
+            .render_as_string(hide_password=False))
+
+
+def _template_database() -> str:
+    """A database migrated to head, made once per test session."""
+    global _template
+    if _template is None:
+        name = f"ivrs_template_{uuid.uuid4().hex[:8]}"
+        admin = _admin()
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        migrated = Database(_url_of(name), pool_size=1)
+        upgrade(migrated.engine)
+        migrated.dispose()  # a template must have no connection when it is copied
+
+        def drop():
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+        atexit.register(drop)
+        _template = name
+    return _template
+
 
 def _fresh_database(tmp_path, pool_size: int = 10) -> tuple[Database, callable]:
     if not PG_URL:
         db = Database(f"sqlite:///{tmp_path / 'test.sqlite3'}")
         upgrade(db.engine)
         return db, db.dispose
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(PG_URL, pool_size=1)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    # The schema travels in the URL so that CLI commands given DATABASE_URL
-    # (and subprocesses) land in the same place.
-    url = f"{database_url(PG_URL)}?options=-csearch_path%3D{schema}"
-    db = Database(url, pool_size=pool_size, max_overflow=10)
-    upgrade(db.engine)
+    template = _template_database()
+    name = f"ivrs_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    # CLI commands given DATABASE_URL (and subprocesses) land in the same place.
+    db = Database(_url_of(name), pool_size=pool_size, max_overflow=10)
 
     def cleanup():
         db.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
 
     return db, cleanup
