@@ -626,9 +626,8 @@ PROFILE_PARTS = (
     ("Flask dispatch (routes and before_request)", "flask/app.py", ("full_dispatch_request",)),
     ("signature check", "webhooks.py", ("signature_valid",)),
     ("texts.answer (all of the message's work)", "ivrs/texts.py", ("answer",)),
-    ("study routing by the number texted (study_for_number)", "core/studies.py",
-     ("study_for_number",)),
-    ("the sender's users (users_for_phone)", "core/login.py", ("users_for_phone",)),
+    ("the study and the sender's users, one read (users_for_phone)", "core/login.py",
+     ("users_for_phone",)),
     ("the dialog and its command (dialogs.sms.run)", "dialogs/sms/machine.py", ("run",)),
     ("reply rendering (texts.reply)", "ivrs/texts.py", ("reply",)),
     ("Redis: claim, session load, kept reply and session save", "ivrs/sessions.py",
@@ -783,15 +782,13 @@ def floor_sentence(profile: dict | None) -> str:
     if not profile or "HELP" not in profile["cpu_ms"]:
         return ""
     parts = dict(profile["parts"])
-    routing = parts.get("study routing by the number texted (study_for_number)", 0.0)
-    users = parts.get("the sender's users (users_for_phone)", 0.0)
+    users = parts.get("the study and the sender's users, one read (users_for_phone)", 0.0)
     answer = parts.get("texts.answer (all of the message's work)", 0.0)
     return (f" In-process, HELP, which reads nothing for itself, still costs "
             f"{profile['cpu_ms']['HELP']:.2f} ms of CPU and "
-            f"{profile['statements']['HELP']:.0f} SQL statements: under the profiler the "
-            f"study routing ({routing:.2f} ms) and the sender's users ({users:.2f} ms), two "
-            f"read sessions each with a pool pre-ping, are "
-            f"{_ratio(routing + users, answer):.0%} of the message's work "
+            f"{profile['statements']['HELP']:.0f} SQL statement(s): under the profiler the "
+            f"lookup of the study and the sender's users ({users:.2f} ms, one read session "
+            f"with its pool pre-ping) is {_ratio(users, answer):.0%} of the message's work "
             f"({answer:.2f} ms), before any command runs.")
 
 
