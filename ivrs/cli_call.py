@@ -10,6 +10,7 @@ code serves a person trying the system, ``ivrs demo`` and the tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import getpass
 import os
 import re
@@ -68,13 +69,26 @@ def waits_for(heard: Heard) -> str | None:
     return "one key" if heard.gather.get("numDigits") == "1" else "digits, then #"
 
 
-def asks_for_pin(heard: Heard) -> bool:
-    """A number prompt about a PIN: its keys are neither echoed nor printed.
+# The prompts that ask for a PIN (the user's, a new one, the new one again).
+PIN_PROMPTS = ("login.pin", "pin.new", "pin.again")
 
-    The word PIN is the same in the study languages we speak today; a menu that
-    merely mentions it ("to change your PIN, 8") waits for one key, not a number.
-    """
-    return waits_for(heard) == "digits, then #" and "PIN" in heard.text
+
+@functools.lru_cache(maxsize=1)
+def _pin_prompt_texts() -> frozenset[str]:
+    """What those prompts say, in every shipped language ("PIN" is not a word of
+    Japanese or Chinese)."""
+    from dialogs.output import Say
+    from ivrs.speech import available_languages, text
+
+    return frozenset(text(Say(prompt), language) for prompt in PIN_PROMPTS
+                     for language in available_languages())
+
+
+def asks_for_pin(heard: Heard) -> bool:
+    """A number prompt about a PIN: its keys are neither echoed nor printed. (A
+    menu that merely mentions the PIN waits for one key, not a number.)"""
+    return waits_for(heard) == "digits, then #" and any(
+        prompt in heard.text for prompt in _pin_prompt_texts())
 
 
 class TerminalCall:

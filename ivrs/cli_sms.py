@@ -15,7 +15,6 @@ import click
 
 from core.errors import IvrsError
 from ivrs.cli import handles_errors, main
-from ivrs.cli_call import default_numbers, open_line
 from ivrs.texter import Texter
 
 YOU, SAID = "you> ", "ivrs> "
@@ -32,6 +31,8 @@ YOU, SAID = "you> ", "ivrs> "
 @handles_errors
 def sms(sender: str, to: str | None, url: str | None, texts: tuple[str, ...]) -> None:
     """Send TEXT (one or more messages) and print each reply."""
+    from ivrs.cli_call import default_numbers, open_line  # (cli_call imports ivrs.cli)
+
     line = open_line(url, needs_database=to is None)
     if to is None and line.db is not None:
         to = default_numbers(line.db)[1]

@@ -139,6 +139,8 @@ class Caller:
 PARIS = Caller("Marie Curie, coordinator at site 101 (Paris)", "+33612345678", "5001", "2468")
 BARCELONA = Caller("Santiago Ramón, investigator at site 102 (Barcelona)", "+34612345678",
                    "5002", "1357")
+PASTEUR = Caller("Louis Pasteur, coordinator at site 101 (Paris), who speaks French",
+                 "+33698765432", "5007", "1593")
 BERLIN = Caller("Rudolf Virchow, coordinator at site 103 (Berlin)", "+4915112345678", "5003",
                 "8642")
 DEPOT = "[depot 90, user 7001]"
@@ -345,10 +347,11 @@ def paris_receives(run: DemoRun) -> None:
 
 
 def paris_visit_2(run: DemoRun) -> None:
-    """Four weeks on (UAT time travel): visit 2 of the first subject, then the supply run."""
+    """Four weeks on (UAT time travel): visit 2 of the first subject, in French, then
+    the supply run."""
     subject = run.subjects["101"][0]
     with days_later(28) as day:
-        call = run.line.call(PARIS, f"{day}, visit 2 of subject {subject}")
+        call = run.line.call(PASTEUR, f"{day}, visit 2 of subject {subject}")
         enter_subject(call, "3", subject)
         call.press("1")  # dispense the kits of the visit due
         call.hang_up()

@@ -92,6 +92,7 @@ from core.supply.models import Delivery, Notification
 from core.supply.outbox import EXPANDED, PENDING
 from dialogs.output import Say
 from ivrs.config import Settings
+from ivrs.sms_text import for_sms
 from ivrs.speech import SOURCE_LANGUAGE, text
 
 log = logging.getLogger("ivrs.notify")
@@ -166,7 +167,7 @@ def render(notification: Notification, user: User) -> str:
 def _text(notification: Notification, language: str) -> str:
     params = {name: _typed(name, value) for name, value in (notification.params or {}).items()
               if name not in UNBLINDED_KEYS}
-    return text(Say(notification.message_id, params), language).strip()
+    return for_sms(text(Say(notification.message_id, params), language).strip())
 
 
 def _typed(name: str, value):

@@ -2,12 +2,14 @@
 
 Catalogs are the gettext files under ``locales/``, loaded once per process.
 Digits are said one by one, separated so that text-to-speech does not read
-"1010001" as a million; dates use the locale's long form; a ``count``
+"1010001" as a million; dates use the locale's long form (``babel.dates``),
+quantities the locale's number format (``babel.numbers``); a ``count``
 parameter chooses the catalog's plural form.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from datetime import date
@@ -17,6 +19,7 @@ from typing import Any
 
 from babel import Locale
 from babel.dates import format_date
+from babel.numbers import format_decimal
 from babel.support import Translations
 
 from dialogs.output import Digits, LanguageName, Say, Term
@@ -25,11 +28,19 @@ LOCALES_DIR = Path(str(files("locales")))
 DOMAIN = "messages"
 SOURCE_LANGUAGE = "en"
 
-# Our language codes -> Twilio <Say language>. Mandarin is cmn-CN for Twilio's
-# and Polly's voices, not zh-CN.
+# Our language codes -> Twilio <Say language> and <Say voice>. Mandarin is
+# cmn-CN for Twilio's and Polly's voices, not zh-CN. The voice matters: Twilio's
+# default voice ("man") speaks neither Japanese nor Mandarin, so every language
+# gets an Amazon Polly voice of its own (one voice per language: a caller hears
+# the same person through the whole call).
 SAY_LANGUAGES = {
     "en": "en-US", "fr": "fr-FR", "es": "es-ES", "de": "de-DE", "it": "it-IT",
     "pt_BR": "pt-BR", "ja": "ja-JP", "zh_CN": "cmn-CN",
+}
+SAY_VOICES = {
+    "en": "Polly.Joanna", "fr": "Polly.Lea", "es": "Polly.Lucia", "de": "Polly.Vicki",
+    "it": "Polly.Bianca", "pt_BR": "Polly.Camila", "ja": "Polly.Mizuki",
+    "zh_CN": "Polly.Zhiyu",
 }
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,10 @@ def available_languages() -> list[str]:
 
 def say_language(language: str) -> str:
     return SAY_LANGUAGES.get(spoken_language(language), SAY_LANGUAGES[SOURCE_LANGUAGE])
+
+
+def say_voice(language: str) -> str:
+    return SAY_VOICES.get(spoken_language(language), SAY_VOICES[SOURCE_LANGUAGE])
 
 
 def spoken_language(language: str) -> str:
@@ -111,6 +126,12 @@ def _lookup(message_id: str, language: str, count: Any = None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _locale(language: str) -> Locale:
+    """Parsed once: babel parses a locale's data anew on every ``Locale.parse``."""
+    return Locale.parse(language)
+
+
 def _spoken(value: Any, language: str) -> str:
     if isinstance(value, Digits):
         return " ".join(value)
@@ -120,7 +141,10 @@ def _spoken(value: Any, language: str) -> str:
     if isinstance(value, (list, tuple)):  # kit numbers of one assignment, in an SMS
         return ", ".join(_spoken(item, language) for item in value)
     if isinstance(value, LanguageName):
-        return Locale.parse(str(value)).get_display_name(Locale.parse(language)) or str(value)
+        # The language alone ("中文", not "中文 (简体, 中国)": speech reads brackets aloud).
+        return _locale(str(value)).get_language_name(_locale(language)) or str(value)
     if isinstance(value, date):
-        return format_date(value, format="long", locale=Locale.parse(language))
+        return format_date(value, format="long", locale=_locale(language))
+    if isinstance(value, int) and not isinstance(value, bool):  # a quantity: 1,200 / 1.200
+        return format_decimal(value, locale=_locale(language))
     return str(value)

@@ -7,7 +7,9 @@
 - An unknown number gets one generic reply a day and nothing else: no study,
   no hint of what the service is for.
 - A reply longer than three segments is cut at the last part that fits, with
-  a note saying so (SPEC §7: never more than three).
+  a note saying so (SPEC §7: never more than three); Latin letters GSM-7 lacks
+  are written without their accent when that keeps the reply GSM-7
+  (``ivrs.sms_text.for_sms``).
 - The message body is never logged: it may be a PIN.
 """
 
@@ -24,7 +26,7 @@ from core.login import users_for_phone
 from dialogs.output import Say
 from dialogs.sms import SESSION_IDLE_SECONDS, TextContext, new_session, run
 from ivrs.sessions import SessionStore
-from ivrs.sms_text import MAX_SEGMENTS, segments
+from ivrs.sms_text import MAX_SEGMENTS, for_sms, segments
 from ivrs.speech import text
 
 log = logging.getLogger("ivrs.texts")
@@ -104,19 +106,23 @@ def reply(says: list[Say], language: str) -> str:
     """One ``<Message>``: the parts in order, as many as fit in three segments."""
     parts: list[str] = []
     for say in says:
-        words = text(say, language)
+        words = for_sms(text(say, language))
         if not words:
             continue
-        if segments(" ".join([*parts, words])).count > MAX_SEGMENTS:
-            parts.append(text(Say("sms.reply_cut"), language))
-            while len(parts) > 1 and segments(" ".join(parts)).count > MAX_SEGMENTS:
+        if _segments(parts, words) > MAX_SEGMENTS:
+            parts.append(for_sms(text(Say("sms.reply_cut"), language)))
+            while len(parts) > 1 and _segments(parts) > MAX_SEGMENTS:
                 del parts[-2]
             break
         parts.append(words)
     response = MessagingResponse()
     if parts:
-        response.message(" ".join(parts))
+        response.message(for_sms(" ".join(parts)))
     return str(response)
+
+
+def _segments(parts: list[str], *more: str) -> int:
+    return segments(for_sms(" ".join([*parts, *more]))).count
 
 
 def empty_reply() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from twilio.twiml.voice_response import VoiceResponse
 
 from dialogs.output import KEY, Say, Turn
-from ivrs.speech import say_language, spoken_language, text
+from ivrs.speech import say_language, say_voice, spoken_language, text
 
 GATHER_TIMEOUT = 6  # seconds of silence before the gather returns what it has
 
@@ -25,7 +25,7 @@ def voice_response(turn: Turn, language: str, action: str) -> str:
     else:
         target = response
     for said_in, words in _spoken_runs(turn.says, language):
-        target.say(words, language=say_language(said_in))
+        target.say(words, language=say_language(said_in), voice=say_voice(said_in))
     if turn.hangup or not turn.gather:
         response.hangup()
     return str(response)
@@ -34,7 +34,8 @@ def voice_response(turn: Turn, language: str, action: str) -> str:
 def apology(language: str = "en") -> str:
     """What a caller hears when something failed on our side: never a 500."""
     response = VoiceResponse()
-    response.say(text(Say("apology"), language) or "Sorry.", language=say_language(language))
+    response.say(text(Say("apology"), language) or "Sorry.", language=say_language(language),
+                 voice=say_voice(language))
     response.hangup()
     return str(response)
 

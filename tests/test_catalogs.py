@@ -1,53 +1,23 @@
-"""Every prompt the dialogs can say exists in every shipped catalog, with the same
-placeholders, and the compiled catalogs are current."""
+"""Every message the code can say exists in every shipped catalog, translated, with
+the same placeholders, and the template, catalogs and compiled catalogs are current
+(``python -m ivrs.catalogs --check``)."""
 
 from __future__ import annotations
 
 import ast
-import re
 import string
-from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
 
-from dialogs.errors import KNOWN_ERRORS
-from dialogs.voice.enrolment import REASONS
-from dialogs.voice.login import MENU_OPTIONS
-from dialogs.voice.supply import REPLACEMENT_REASONS
 from ivrs import speech
+from ivrs.catalogs import check
+from ivrs.message_ids import NOT_LITERAL, all_ids, literal_ids, notification_ids, prompt_ids
 from ivrs.speech import LOCALES_DIR, MissingCatalog, catalog
 
-DIALOGS = Path(__file__).resolve().parent.parent / "dialogs"
-IVRS = Path(__file__).resolve().parent.parent / "ivrs"
-# A literal prompt id in code: Say("x.y"), say("x"), refuse("x"), hang_up("x"),
-# and the "prompt"/"invalid" keys of the state declarations.
-_LITERAL = re.compile(
-    r"""(?:\bSay\(|\bsay\(|\brefuse\(|\bhang_up\(|"prompt":\s*|"invalid":\s*)"([a-z_][a-z0-9_.]*)\"""")
-
-_SAY = re.compile(r"""\bSay\("([a-z_][a-z0-9_.]*)\"""")
-
-
-def prompt_ids() -> set[str]:
-    ids = set()
-    for path in DIALOGS.rglob("*.py"):
-        ids |= set(_LITERAL.findall(path.read_text(encoding="utf-8")))
-    for path in IVRS.glob("*.py"):  # ivrs/ says only a few things of its own (an apology)
-        ids |= set(_SAY.findall(path.read_text(encoding="utf-8")))
-    # "prompt" may name a model method that builds the prompt: not an id.
-    from dialogs.voice.machine import VoiceCall
-    # "x." + code: a prefix, completed below.
-    ids = {i for i in ids if not hasattr(VoiceCall, i) and not i.endswith(".")}
-    # Ids built at run time.
-    ids |= {f"menu.option.{d}" for options in MENU_OPTIONS.values() for d in options}
-    ids |= {f"error.{code}" for code in KNOWN_ERRORS} | {"error.refused"}
-    for kind, reasons in REASONS.items():
-        ids |= {f"status.{kind}.{step}" for step in ("ask", "confirm", "done")}
-        ids |= {f"reason.{reason}" for reason in reasons}
-    ids |= {f"reason.{reason}" for reason in REPLACEMENT_REASONS}
-    return ids
+# SPEC / issue 6: the languages a release ships, at least.
+REQUIRED = {"en", "fr", "es", "de", "it", "pt_BR", "ja", "zh_CN"}
 
 
 def shipped() -> list[str]:
@@ -63,29 +33,59 @@ def _fields(text: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
 
-def test_the_prompt_scan_finds_prompts():
+def test_the_scan_finds_prompts_in_every_form_they_take():
     ids = prompt_ids()
-    assert {"login.pin", "readback", "rand.done", "kits.give", "receipt.summary"} <= ids
+    assert {"login.pin", "readback", "rand.done", "kits.give", "receipt.summary",  # literals
+            "subject.enter",  # number_entry's prompt
+            "sms.ask_pin", "sms.ask_user_pin",  # both sides of a choice
+            "sms.wrong_kit", "menu.option.8", "error.locked"} <= ids  # built from tables
+    assert not ids & {"completed", "locked"}  # a phone's hang_up status, a comparison
+
+
+def test_the_required_languages_are_shipped():
+    assert REQUIRED <= set(shipped())
 
 
 @pytest.mark.parametrize("language", shipped())
-def test_every_prompt_exists_and_is_not_empty(language):
-    messages = {m.id if isinstance(m.id, str) else m.id[0]: m for m in _po(language) if m.id}
-    missing = sorted(i for i in prompt_ids() if i not in messages)
+def test_every_message_exists_and_every_form_is_filled(language):
+    messages = {_id(m): m for m in _po(language) if m.id}
+    missing = sorted(i for i in all_ids() if i not in messages)
     assert not missing, f"{language} lacks {missing}"
-    empty = sorted(i for i, m in messages.items() if not all(_strings(m)))
+    empty = sorted(i for i, m in messages.items() if not all(t.strip() for t in _strings(m)))
     assert not empty, f"{language} has empty messages {empty}"
 
 
 @pytest.mark.parametrize("language", shipped())
 def test_translations_keep_the_source_placeholders(language):
-    source = {m.id: m for m in _po(speech.SOURCE_LANGUAGE) if m.id}
+    source = {_id(m): m for m in _po(speech.SOURCE_LANGUAGE) if m.id}
     for message in _po(language):
-        if not message.id or message.id not in source:
+        if not message.id:
             continue
-        expected = _strings(source[message.id])
+        expected = set().union(*map(_fields, _strings(source[_id(message)])))
         for text in _strings(message):
-            assert _fields(text) <= set().union(*map(_fields, expected)), (language, message.id)
+            # Every form names the same things (a one-form language says the count too).
+            assert _fields(text) == expected, (language, _id(message), text)
+
+
+# Texts a translation may leave as they are: nothing but placeholders and punctuation.
+ONLY_PLACEHOLDERS = {"rand.factor", "rand.summary_level"}
+
+
+@pytest.mark.parametrize("language", sorted(set(shipped()) - {speech.SOURCE_LANGUAGE}))
+def test_translations_are_not_english_copies(language):
+    source = {_id(m): _strings(m) for m in _po(speech.SOURCE_LANGUAGE) if m.id}
+    copies = sorted(_id(m) for m in _po(language)
+                    if m.id and _strings(m) == source[_id(m)]
+                    and _id(m) not in ONLY_PLACEHOLDERS)
+    assert not copies, f"{language}: left in English: {copies}"
+
+
+def test_the_template_the_catalogs_and_the_compiled_catalogs_are_current():
+    assert check() == [], "run: python -m ivrs.catalogs"
+
+
+def _id(message) -> str:
+    return message.id if isinstance(message.id, str) else message.id[0]
 
 
 def _key(value):
@@ -128,61 +128,13 @@ def test_digits_are_read_one_by_one_and_unknown_terms_by_their_code():
 
 # --- notifications: the message ids core/ writes to the outbox ------------------------------------
 
-CORE = Path(__file__).resolve().parent.parent / "core"
-NOTIFIERS = {"notify", "Notification"}
-# The outbox itself passes its caller's message id through (or defaults to the kind).
-OUTBOX = CORE / "supply" / "outbox.py"
-NOT_LITERAL = "<no literal message_id>"
-
-
-def notification_ids() -> dict[str, list[str]]:
-    """Message id -> the places in core/ that write a notification with it.
-
-    Every ``notify(...)`` and ``Notification(...)`` must name its message id as a
-    literal, a module constant, or a conditional between those: anything else (no
-    ``message_id=``, so the kind is used; an f-string) is listed under NOT_LITERAL."""
-    found: dict[str, list[str]] = defaultdict(list)
-    for path in sorted(CORE.rglob("*.py")):
-        if path == OUTBOX:
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        constants = {target.id: node.value.value for node in tree.body
-                     if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                     and isinstance(node.value.value, str)
-                     for target in node.targets if isinstance(target, ast.Name)}
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and _called(node.func) in NOTIFIERS):
-                continue
-            given = next((k.value for k in node.keywords if k.arg == "message_id"), None)
-            ids = _literal_ids(given, constants) if given is not None else []
-            for message_id in ids or [NOT_LITERAL]:
-                found[message_id].append(f"{path.relative_to(CORE.parent)}:{node.lineno}")
-    return found
-
-
-def _called(func: ast.expr) -> str | None:
-    if isinstance(func, ast.Name):
-        return func.id
-    return func.attr if isinstance(func, ast.Attribute) else None
-
-
-def _literal_ids(expr: ast.expr, constants: dict[str, str]) -> list[str]:
-    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
-        return [expr.value]
-    if isinstance(expr, ast.Name) and expr.id in constants:
-        return [constants[expr.id]]
-    if isinstance(expr, ast.IfExp):
-        body, orelse = _literal_ids(expr.body, constants), _literal_ids(expr.orelse, constants)
-        return body + orelse if body and orelse else []
-    return []
-
 
 def test_the_notification_scan_finds_literals_constants_and_conditionals():
     ids = notification_ids()
     assert {"notify.shipment_dispatched",  # Notification(...) with a literal
             "sms.kit_confirm_request",  # notify(...) with a module constant
             "notify.return_approved", "notify.return_rejected"} <= set(ids)  # a conditional
-    assert _literal_ids(ast.parse('f"notify.{kind}"', mode="eval").body, {}) == []
+    assert literal_ids(ast.parse('f"notify.{kind}"', mode="eval").body, {}) == []
 
 
 def test_every_notification_names_its_message_id():
@@ -193,7 +145,7 @@ def test_every_notification_names_its_message_id():
 
 @pytest.mark.parametrize("language", shipped())
 def test_every_notification_message_exists(language):
-    messages = {m.id if isinstance(m.id, str) else m.id[0] for m in _po(language) if m.id}
+    messages = {_id(m) for m in _po(language) if m.id}
     missing = {i: where for i, where in notification_ids().items()
                if i != NOT_LITERAL and i not in messages}
     assert not missing, f"{language} lacks {missing}"

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from core import append_only
+from dialogs.output import Digits, Term
 from ivrs.cli import main
 from studyfiles import MRL_CSV, STUDY_YAML
 
@@ -121,6 +122,18 @@ def test_user_administration(loaded, db):
     assert "1234" not in audit and "4321" not in audit
 
 
+def spoken(message_id: str, language: str, **params) -> str:
+    from dialogs.output import Say
+    from ivrs.speech import text
+
+    return text(Say(message_id, params), language)
+
+
+def spanish_start(message_id: str, **params) -> str:
+    """The Spanish text up to its first parameter's value (the rest varies)."""
+    return spoken(message_id, "es", **params).split(" 1 0 2")[0]
+
+
 def test_demo_plays_real_calls_and_prints_them_blinded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
@@ -130,21 +143,27 @@ def test_demo_plays_real_calls_and_prints_them_blinded(tmp_path, monkeypatch):
     assert "coordinator at site 101 (Paris) calls +15005550006 from +33612345678" in out
     assert "investigator at site 102 (Barcelona) calls" in out
     assert "you> 5001#" in out and "you> ****#" in out and "you> 2468" not in out
-    for subject in ("1010001", "1010002", "1020001"):
+    for subject in ("1010001", "1010002"):
         assert f"Subject {' '.join(subject)} is randomized." in out
+    # Each caller hears their own language: Barcelona Spanish, the visit 2 call
+    # by Paris's French-speaking coordinator French, Berlin reads German SMS.
+    assert spanish_start(
+        "rand.done", subject=Digits("1020001"), number=Digits("1062")) in out
     assert "give kit" in out
     assert "Subject 1 0 1 0 0 0 3 is not eligible." in out
     assert "Screen failure of subject 1 0 1 0 0 0 3 recorded." in out
     assert "That is not one of your sites." in out
     assert "dispatched shipment 500001" in out and "Shipment 5 0 0 0 0 1 is received" in out
-    assert "For visit 2, give kit" in out
+    assert spoken("kits.give", "fr", kit=Digits("999999"), visit=Term("visit.V2")
+                  ).split("9 9 9")[0] in out
     # SMS: the kit-number confirmation asked, a mistyped kit caught, the right ones
     # confirmed (the PIN masked), and a shipment received by SMS with a damaged kit.
     assert "[SMS to +33612345678] Subject 1010001 visit V1: kit no." in out
     assert "Nothing confirmed." in out and "sms> 2468" not in out and "sms> ****" in out
     assert "confirmed for subject 1010001 visit V1" in out
     assert "confirmed for subject 1010002 visit V1" in out
-    assert "1 damaged, 0 missing" in out and "ivrs> Site 103:" in out
+    assert "ivrs> " + spoken("sms.stock", "de", site="103", available=11, quarantined=0,
+                             incoming=0) in out
     # Scripted when stdin is not a terminal: no offer to call, no waiting.
     assert "Your turn" not in out
     # The reports, from what the calls did.

@@ -29,14 +29,17 @@ from core.studies import get_study
 from core.study_loader import load_study
 from core.supply.models import Delivery, Notification
 from core.supply.outbox import notify
+from dialogs.output import Say
+from ivrs import speech
 from ivrs.app import create_app
 from ivrs.cli import main
 from ivrs.config import Settings
 from ivrs.notify import gateway, send_pending
 from ivrs.scheduler import start_sender
 from ivrs.sessions import MemorySessionStore
+from ivrs.sms_text import for_sms
 
-COORDINATOR = "+33655500101"  # user 5001, site 101, French
+COORDINATOR = "+33655500101"  # user 5001, site 101
 INVESTIGATOR = "+33655500102"  # user 5002, site 101
 MESSAGE = "sms.kit_confirm_request"
 PARAMS = {"subject": "1010001", "visit": "V1", "kits": ["100001"]}
@@ -48,7 +51,11 @@ PUBLIC = "https://ivrs.example.org"
 
 @pytest.fixture
 def study(db):
+    """The example study, its users reading English (the language of a message is
+    tested on its own: test_each_recipient_reads_their_own_language)."""
     load_study(db, STUDY_YAML)
+    with db.transaction() as session:
+        session.execute(update(User).values(language="en"))
     return db
 
 
@@ -478,12 +485,12 @@ def test_outbox_lists_each_recipient_and_the_text_they_get(study, run):
     assert result.exit_code == 0, result.output
     first, second, third = result.output.splitlines()
     assert first.startswith(f"test\tuser:5001\t{MESSAGE}\t")
-    assert first.endswith(f"\tto 5001 {COORDINATOR} (fr)\t{TEXT}")
-    assert second.endswith(f"\tto 5002 {INVESTIGATOR} (fr)\t"
+    assert first.endswith(f"\tto 5001 {COORDINATOR} (en)\t{TEXT}")
+    assert second.endswith(f"\tto 5002 {INVESTIGATOR} (en)\t"
                            "(no text for message notify.no_such_message)")
     assert third.startswith("test\tsite:103\t") and third.endswith("\tno recipient\t-")
     assert run("outbox", "--all").output.splitlines()[2].endswith(
-        f"\tto 5005 +4915155500105 (de)\t{TEXT}\t[opted_out]")
+        f"\tto 5005 +4915155500105 (en)\t{TEXT}\t[opted_out]")
     assert table_counts(study) == before  # listing changes nothing, expands nothing
 
 
@@ -499,7 +506,7 @@ def test_outbox_send_needs_twilio_and_then_sends(study, run, fake, monkeypatch):
     assert sent.exit_code == 0 and "sent 1" in sent.output, sent.output
     assert fake.posts == 1 and run("outbox").output.strip() == "outbox empty"
     (line,) = run("outbox", "--all").output.splitlines()
-    assert line.endswith(f"\tto 5001 {COORDINATOR} (fr)\t{TEXT}\t[sent]")
+    assert line.endswith(f"\tto 5001 {COORDINATOR} (en)\t{TEXT}\t[sent]")
 
 
 # --- where the sender runs ------------------------------------------------------------------
@@ -540,3 +547,14 @@ def test_the_server_thread_sends_what_is_queued(study, database_env, fake, monke
 
     assert loop.failures == 0 and fake.posts == 1
     assert only_delivery(study).status == "sent"
+
+
+def test_each_recipient_reads_their_own_language(study, fake):
+    with study.transaction() as session:
+        session.execute(update(User).where(User.user_code == "5001").values(language="fr"))
+    queue(study, "site-message", "site:101")  # 5001 (French) and 5002 (English)
+    send_pending(study, gateway(settings_for(fake)))
+    french = speech.text(Say(MESSAGE, PARAMS), "fr")
+    assert french != TEXT and "100001" in french
+    assert sorted((m.to, m.body) for m in fake.messages) == sorted(
+        [(COORDINATOR, for_sms(french)), (INVESTIGATOR, TEXT)])

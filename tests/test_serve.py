@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from sqlalchemy import select, text
+from voice import demo_study_in_english
 
 from core.models import Site
 from core.supply.models import Shipment
 from ivrs import serve
 from ivrs.cli import main
-from ivrs.demo import set_up_demo_study
 from ivrs.scheduler import (
     SUPPLY_LOCK_CLASS,
     ScheduleError,
@@ -207,7 +207,7 @@ def shipments_to(db, site_code: str) -> list[Shipment]:
 
 def test_a_scheduled_run_executes_the_supply_job(db, database_env, tmp_path, monkeypatch):
     monkeypatch.setenv("IVRS_TODAY", "2026-11-23")
-    set_up_demo_study(db, tmp_path, lambda line: None)
+    demo_study_in_english(db, tmp_path)
     assert shipments_to(db, "103") == []  # site 103 starts with no stock
     just_before = FakeClock(datetime(2026, 11, 23, 1, 59, 59, 700_000, tzinfo=UTC))
     scheduler = SupplyScheduler(TWO_AM, lambda: run_supply(database_env), now=just_before,
@@ -246,7 +246,7 @@ def test_a_failing_run_is_logged_and_the_next_occurrence_runs(caplog):
 
 def test_a_run_is_skipped_while_another_server_holds_it(pg_db, tmp_path, monkeypatch):
     monkeypatch.setenv("IVRS_TODAY", "2026-11-23")
-    set_up_demo_study(pg_db, tmp_path, lambda line: None)
+    demo_study_in_english(pg_db, tmp_path)
     url = pg_db.engine.url.render_as_string(hide_password=False)
     lock = f"({SUPPLY_LOCK_CLASS}, hashtext(current_schema()))"
     with pg_db.engine.connect() as other_server:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from voice import demo_study_in_english
 
 from core.actors import ADMIN, Actor
 from core.audit import verify
@@ -33,7 +34,7 @@ from core.studies import get_study
 from core.supply.kit_import import import_kits
 from core.supply.models import Kit
 from core.users import add_user
-from ivrs.demo import STUDY_CODE, set_up_demo_study
+from ivrs.demo import STUDY_CODE
 from ivrs.phone import HttpTransport, Phone, parse_twiml
 
 pytestmark = pytest.mark.postgres
@@ -96,7 +97,7 @@ def study(pg_db, tmp_path, monkeypatch):
     if not os.environ.get("REDIS_URL"):
         pytest.skip("needs Redis: set REDIS_URL")
     monkeypatch.setenv("IVRS_TODAY", DAY_1.isoformat())
-    set_up_demo_study(pg_db, tmp_path, lambda line: None)
+    demo_study_in_english(pg_db, tmp_path)
     return pg_db
 
 

@@ -64,3 +64,20 @@ def test_a_short_reply_is_one_message():
     xml = reply([Say("sms.ask_pin")], "en")
     assert xml.count("<Message>") == 1 and parse_reply(200, xml, "SM1").text == \
         "Please reply with your PIN."
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("aide", Command("help")), ("Reçu 500001 endommagé 1", Command(
+        "receive", ("500001", "endommagé", "1"))),
+    ("ESTADO 1010001", Command("status", ("1010001",))),
+    ("Bestand", Command("stock")), ("ヘルプ", Command("help")),
+    ("在庫", Command("stock")), ("状态　１０１０００１", Command("status", ("1010001",))),
+    ("１２３４５６", Command("number", ("123456",))),
+])
+def test_each_language_s_keywords_work_for_everyone(body, expected):
+    assert parse(body) == expected
+
+
+def test_translated_outcome_words_in_a_receipt():
+    receipt = parse_receipt(("500001", "endommagé", "1", "FEHLT", "2"))
+    assert (receipt.damaged, receipt.missing) == (("1",), ("2",))

@@ -10,7 +10,7 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import func, select, update
 from test_sms_flows import STUDY, randomized_subject
-from voice import PARIS, TOKEN, session_store
+from voice import PARIS, TOKEN, demo_study_in_english, session_store
 
 from core.actors import ADMIN, Actor
 from core.models import User
@@ -18,7 +18,6 @@ from core.supply.models import Kit, SubjectVisit
 from core.users import add_user
 from ivrs.app import create_app
 from ivrs.config import Settings
-from ivrs.demo import set_up_demo_study
 from ivrs.phone import AppTransport
 from ivrs.texter import Texter
 
@@ -26,7 +25,7 @@ from ivrs.texter import Texter
 @pytest.fixture
 def sms_app(pg_db, tmp_path, monkeypatch):
     monkeypatch.setenv("IVRS_TODAY", "2026-11-23")
-    set_up_demo_study(pg_db, tmp_path, lambda line: None)
+    demo_study_in_english(pg_db, tmp_path)
     return create_app(Settings(database_url="unused", twilio_auth_token=TOKEN), db=pg_db,
                       store=session_store())
 

@@ -322,3 +322,29 @@ def test_the_notifications_say_what_happened(supplied):
         "kit at your site. Reason: still in date: keep using it")
     assert notes["notify.depot_short.urgent"].params["reason"] == "urgent"
     assert notes["notify.depot_short"].params["site"] == "103"
+
+
+# --- every shipped language ----------------------------------------------------------------
+
+
+LANGUAGES = [lang for lang in speech.available_languages() if lang != speech.SOURCE_LANGUAGE]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_text_in_every_language_fits_three_segments_at_its_longest(language):
+    """As the sender sends it (``for_sms``): Latin-script languages in GSM-7 where
+    their accents allow, Japanese and Chinese in UCS-2 (70 characters a segment)."""
+    from ivrs.sms_text import for_sms
+
+    too_long = []
+    for message_id in sorted(TEMPLATES):
+        used = set().union(*map(fields, TEMPLATES[message_id]))
+        params = {name: LONGEST[name] for name in used}
+        for count in ((1, LONGEST["count"]) if len(TEMPLATES[message_id]) > 1 else (None,)):
+            if count is not None:
+                params["count"] = count
+            text = for_sms(speech.text(Say(message_id, dict(params)), language))
+            assert text and "{" not in text, (language, message_id, text)
+            if segments(text).count > MAX_SEGMENTS:
+                too_long.append((message_id, segments(text).count, text))
+    assert not too_long, too_long

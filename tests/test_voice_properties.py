@@ -433,7 +433,9 @@ class VoiceCalls(RuleBasedStateMachine):
 
     @precondition(lambda self: self.current is not None and self.current.at_sign_in)
     @rule(user=st.sampled_from(USERS), right_pin=st.sampled_from([True, True, True, False]),
-          language=st.sampled_from("11112345"))
+          # English: the checks read English prompts (tests/test_languages.py
+          # covers the other languages).
+          language=st.just("1"))
     def sign_in(self, user, right_pin, language):
         self.type_credentials(user, right_pin, language)
 

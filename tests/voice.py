@@ -49,6 +49,19 @@ class VoiceHarness:
         return phone
 
 
+def demo_study_in_english(db: Database, workdir) -> None:
+    """The demo study, its staff speaking English: the tests read English prompts
+    (a test of another language sets a user's language itself). The study file
+    gives them their own languages, which ``ivrs demo`` uses."""
+    from sqlalchemy import update
+
+    from core.models import User
+
+    set_up_demo_study(db, workdir, lambda line: None)
+    with db.transaction() as session:
+        session.execute(update(User).values(language="en"))
+
+
 def session_store() -> SessionStore:
     """Redis when the suite runs against servers (CI), else the in-process store."""
     if not os.environ.get("REDIS_URL"):
@@ -63,7 +76,7 @@ def session_store() -> SessionStore:
 @pytest.fixture
 def voice(db, tmp_path, monkeypatch) -> VoiceHarness:
     monkeypatch.setenv("IVRS_TODAY", TODAY)
-    set_up_demo_study(db, tmp_path, lambda line: None)
+    demo_study_in_english(db, tmp_path)
     store = session_store()
     app = create_app(Settings(database_url="unused", twilio_auth_token=TOKEN), db=db,
                      store=store)
@@ -76,11 +89,14 @@ def says(heard: Heard, *fragments: str) -> bool:
 
 @pytest.fixture
 def demo_env(db, database_env, tmp_path, monkeypatch):
-    """The demo study in the test database, DATABASE_URL pointing at it, no Twilio settings."""
+    """The demo study in the test database, DATABASE_URL pointing at it, no Twilio
+    settings, and no session left in the store (CLI commands build their own app,
+    with Redis when REDIS_URL is set)."""
     monkeypatch.setenv("IVRS_TODAY", TODAY)
     for name in ("TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    set_up_demo_study(db, tmp_path, lambda line: None)
+    demo_study_in_english(db, tmp_path)
+    session_store()  # empties the test Redis database
     return db
 
 

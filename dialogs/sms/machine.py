@@ -32,7 +32,7 @@ from core.errors import Refused
 from core.login import sign_in
 from dialogs.output import Say
 from dialogs.sms.commands import CommandsMixin
-from dialogs.sms.keywords import Command, parse
+from dialogs.sms.keywords import Command, parse, split
 
 log = logging.getLogger("dialogs.sms")
 
@@ -80,7 +80,7 @@ class TextModel(CommandsMixin):
 
     def handle(self, body: str | None) -> list[Say]:
         self.command = parse(body)
-        self.words = (body or "").split()
+        self.words = split(body)
         if self.command.opt:
             self.opt(self.command.name == "stop")
         else:
