@@ -28,8 +28,9 @@ class UserResult:
 
 
 def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[str],
-             phone: str | None, language: str, pin: str, actor: Actor,
+             phone: str | None, language: str | None, pin: str, actor: Actor,
              study: str | None = None) -> UserResult:
+    """``language`` None: the language of the user's first site, else the study's first."""
     actor.require(frozenset(), "add users")
     if not user_code.isdigit():
         raise IvrsError("a user ID is digits only (it is typed on a keypad)", code="bad_user")
@@ -39,6 +40,11 @@ def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[
     if not is_valid_pin(pin):
         raise IvrsError("a PIN is 4 to 8 digits", code="bad_pin")
     with service_call(db, study, "add_user", None, actor) as call:
+        if language is None:
+            first_site = call.session.execute(select(Site.language).where(
+                Site.study_id == call.study.id, Site.code == sites[0])).scalar() \
+                if sites else None
+            language = first_site or call.study.languages[0]
         if language not in call.study.languages:
             raise IvrsError(f"language {language} is not one of the study's "
                             f"({', '.join(call.study.languages)})", code="bad_language")

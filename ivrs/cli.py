@@ -116,7 +116,8 @@ def users() -> None:
 @click.option("--role", required=True)
 @click.option("--site", "sites", multiple=True, help="Site code (repeatable).")
 @click.option("--phone", default=None)
-@click.option("--language", default="en")
+@click.option("--language", default=None,
+              help="Default: the language of the user's first site (else the study's first).")
 @click.option("--pin", required=True, help="Temporary PIN, 4-8 digits.")
 @study_option
 @handles_errors

@@ -121,3 +121,21 @@ def test_every_say_names_the_language_s_voice(voice):
     menu = ET.fromstring(voice.phone("+15550001111").dial().xml).iter("Say")
     assert {(s.get("language"), s.get("voice")) for s in menu} >= {
         ("fr-FR", "Polly.Lea"), ("ja-JP", "Polly.Mizuki"), ("en-US", "Polly.Joanna")}
+
+
+def test_a_new_user_speaks_their_site_s_language_unless_told(voice):
+    from core.actors import ADMIN
+    from core.users import add_user
+
+    add_user(voice.db, user_code="5101", name="Ana Pérez", role="site_coordinator",
+             sites=["102"], phone="+34600000101", language=None, pin="4321", actor=ADMIN,
+             study="DEMO-301")  # site 102 speaks Spanish (the study file)
+    add_user(voice.db, user_code="5102", name="Hans Meier", role="site_coordinator",
+             sites=["102"], phone="+34600000102", language="de", pin="4321", actor=ADMIN,
+             study="DEMO-301")
+    add_user(voice.db, user_code="7101", name="Depot Two", role="depot_manager", sites=[],
+             phone="+4930555002", language=None, pin="4321", actor=ADMIN, study="DEMO-301")
+    with voice.db.sessions() as session:
+        languages = dict(session.execute(select(User.user_code, User.language).where(
+            User.user_code.in_(["5101", "5102", "7101"]))).all())
+    assert languages == {"5101": "es", "5102": "de", "7101": "en"}  # en: the study's first
