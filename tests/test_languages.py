@@ -139,3 +139,14 @@ def test_a_new_user_speaks_their_site_s_language_unless_told(voice):
         languages = dict(session.execute(select(User.user_code, User.language).where(
             User.user_code.in_(["5101", "5102", "7101"]))).all())
     assert languages == {"5101": "es", "5102": "de", "7101": "en"}  # en: the study's first
+
+
+def test_the_language_menu_digit_is_the_position_in_the_study_languages(voice):
+    # DEMO-301 offers en, fr, es, de, ja in that order.
+    for digit, say_code in (("2", "fr-FR"), ("5", "ja-JP")):
+        phone = voice.phone("+15550001111")
+        phone.dial()
+        heard = phone.press(digit)
+        assert {spoken for spoken, _ in heard.says} == {say_code}
+        language = {"2": "fr", "5": "ja"}[digit]
+        assert heard.text.endswith(text(Say("login.user_id"), language))
