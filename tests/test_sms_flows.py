@@ -421,3 +421,11 @@ def test_a_user_locked_or_deactivated_during_a_session_can_do_nothing_more(voice
     with voice.db.transaction() as session:
         session.execute(update(User).where(User.user_code == "5001").values(active=False))
     assert texter.send("STOCK").text == "This number is not registered for this service."
+
+
+def test_a_pin_texted_before_it_was_asked_is_not_run_as_a_kit_number(voice):
+    texter = voice.texter()
+    assert texter.send("2468").text == "Please reply with your PIN."
+    reply = texter.send("2468")
+    assert reply.text == "PIN accepted. Reply HELP for the commands."
+    assert "2468" not in reply.text

@@ -134,6 +134,9 @@ class TextModel(CommandsMixin):
             self._sign_in = "temporary"
             return False
         self._sign_in = "ok"
+        if self.session.get("pending") == pin:
+            # The PIN texted first, before it was asked: not a kit number to run.
+            del self.session["pending"]
         self.session["user"] = {"user_code": login.user_code, "role": login.role,
                                 "sites": list(login.site_codes), "language": login.language}
         self.session["language"] = login.language
