@@ -21,6 +21,10 @@ serializes writers with ``BEGIN IMMEDIATE``. Every outcome names the attempt
 it is about (the attempts count at claim time) and changes nothing when the
 row has moved on since, so a late outcome cannot undo a newer one.
 
+A kit-confirmation request or reminder whose kits were all confirmed while it
+waited (Twilio down or not yet configured) is expanded to nobody: it would ask
+for what is done (``core.supply.confirmation.awaits_confirmation``).
+
 Opt-out: a user who opted out (SMS ``STOP``, or Twilio's error 21610) gets a
 delivery in status ``opted_out`` that is never sent; the check is made at
 expansion and again at claim time, so a STOP that arrives in between wins.
@@ -44,6 +48,7 @@ from core.audit import AuditLog
 from core.clock import as_utc
 from core.db import Database
 from core.models import Site, User, UserSite
+from core.supply.confirmation import awaits_confirmation
 from core.supply.models import Delivery, Notification
 from core.supply.outbox import EXPANDED, PENDING
 
@@ -143,6 +148,13 @@ def _expand(session: Session, notification: Notification,
             render: Callable[[Notification, User], str], now: datetime) -> dict[str, int]:
     audit = AuditLog(notification.study_id, SENDER_ACTOR)
     counts = defaultdict(int)
+    if not awaits_confirmation(session, notification.study_id, notification.kind,
+                               notification.params or {}):
+        notification.status = EXPANDED
+        audit.record("notification_expanded", "notification", notification.key,
+                     new={"recipients": []}, reason="the kits it asks about are confirmed")
+        audit.seal(session)
+        return {}
     recipients = audience_users(session, notification.study_id, notification.audience)
     for user in recipients:
         body = render(notification, user)  # kept also when unsent: what they would have got

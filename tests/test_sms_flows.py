@@ -429,3 +429,20 @@ def test_a_pin_texted_before_it_was_asked_is_not_run_as_a_kit_number(voice):
     reply = texter.send("2468")
     assert reply.text == "PIN accepted. Reply HELP for the commands."
     assert "2468" not in reply.text
+
+
+def test_a_request_for_kits_confirmed_meanwhile_is_not_sent(voice):
+    from fake_twilio import FakeTwilio
+    from test_notify import settings_for
+
+    from ivrs.notify import gateway, send_pending
+
+    _, (confirmed,) = randomized_subject(voice.db)
+    _, (pending,) = randomized_subject(voice.db)
+    texter = signed_in(voice)
+    texter.send(f"KIT {confirmed}")  # before any sender ran (Twilio not yet configured)
+    with FakeTwilio() as fake:
+        report = send_pending(voice.db, gateway(settings_for(fake)))
+        bodies = [m.body for m in fake.messages]
+    assert report.sent == 1 and len(bodies) == 1
+    assert pending in bodies[0] and confirmed not in bodies[0]

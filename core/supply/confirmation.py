@@ -244,6 +244,20 @@ def _iso(moment: datetime) -> str:
     return as_utc(moment).isoformat()
 
 
+def awaits_confirmation(session: Session, study_id: int, kind: str,
+                        params: dict[str, Any]) -> bool:
+    """Whether a kit-confirmation request or reminder still asks for something:
+    False once every kit it names is confirmed (or replaced), so that a message
+    that waited in the outbox (Twilio down or not yet configured) is not sent
+    for kits already handled. Any other notification kind: True."""
+    if kind not in (REQUEST_KIND, REMINDER_KIND):
+        return True
+    kits = [str(number) for number in params.get("kits") or ()]
+    return bool(kits) and session.scalar(select(Kit.id).where(
+        Kit.study_id == study_id, Kit.kit_number.in_(kits), Kit.status == ASSIGNED)
+        .limit(1)) is not None
+
+
 # --- reminders ----------------------------------------------------------------------------------
 
 
