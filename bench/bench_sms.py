@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import multiprocessing
 import os
 import pstats
 import re
@@ -91,7 +90,8 @@ from bench_voice import (  # noqa: E402 — the voice benchmark's server and cli
     Server,
     check_redis_loopback,
     describe_server,
-    machine_busy,
+    fan_out,
+    run_clients,
     server_env,
 )
 from sqlalchemy import event, select  # noqa: E402
@@ -105,11 +105,14 @@ from core.subjects import screen_subject  # noqa: E402
 from core.supply.kit_import import import_kits  # noqa: E402
 from core.supply.models import Kit, KitType, Lot  # noqa: E402
 from core.users import add_user  # noqa: E402
+from dialogs.output import LanguageName, Say  # noqa: E402
 from ivrs.app import create_app  # noqa: E402
 from ivrs.config import Settings  # noqa: E402
 from ivrs.demo import STRATA, STUDY_CODE, set_up_demo_study  # noqa: E402
 from ivrs.phone import AppTransport  # noqa: E402
 from ivrs.sessions import RedisSessionStore  # noqa: E402
+from ivrs.sms_text import for_sms  # noqa: E402
+from ivrs.speech import text  # noqa: E402
 from ivrs.texter import Texter, parse_reply  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1/test"
@@ -220,7 +223,9 @@ def commands(sender: Sender) -> list[Message]:
     ]
 
 
-COMMIT_CYCLE = (Message("LANG fr", "LANG fr", ("Your language is now",)),
+# The confirmation comes in the language just chosen (as the SMS sender sends it).
+COMMIT_CYCLE = (Message("LANG fr", "LANG fr", (for_sms(text(
+                    Say("sms.language_set", {"language": LanguageName("fr")}), "fr")),)),
                 Message("LANG en", "LANG en", ("Your language is now English.",)))
 ASK_PIN = Message("open", "HELP", ("Please reply with your PIN.",))
 PIN_ANSWER = ("Commands: KIT kit-no",)  # the kept HELP, run once the PIN is accepted
@@ -370,28 +375,7 @@ def client_thread(job: Job, index: int, ready: threading.Barrier, go: threading.
 
 
 def client_process(job: Job, indexes: list[int], pipe) -> None:
-    """Threads, one per sender; reports when every sender is ready, then runs."""
-    ready = threading.Barrier(len(indexes) + 1)
-    go = threading.Event()
-    start = [0.0]
-    samples: list = []
-    errors: list = []
-    threads = [threading.Thread(target=client_thread,
-                                args=(job, i, ready, go, start, samples, errors), daemon=True)
-               for i in indexes]
-    for thread in threads:
-        thread.start()
-    try:
-        ready.wait(timeout=120)
-    except threading.BrokenBarrierError:
-        pass
-    pipe.send("ready")
-    start[0] = pipe.recv()
-    go.set()
-    for thread in threads:
-        thread.join(timeout=120 + job.warmup + job.seconds)
-    pipe.send((samples, errors))
-    pipe.close()
+    run_clients(client_thread, job, indexes, pipe)
 
 
 @dataclass
@@ -405,6 +389,7 @@ class Cell:
     server_cpu: float = 0.0
     postgres_cpu: float = 0.0
     redis_cpu: float = 0.0
+    client_cpu: float = 0.0
     busy: float = 0.0  # the machine's CPU busy share during the window
 
     def count(self, label: str | None = None) -> int:
@@ -426,41 +411,9 @@ class Cell:
 
 def measure(args, server: Server, backends: Backends, job: Job, unit: str | None = None
             ) -> Cell:
-    context = multiprocessing.get_context("fork")
     count = len(job.senders)
-    nproc = max(1, min(args.client_processes, count))
-    pipes, children = [], []
-    for part in (list(range(count))[p::nproc] for p in range(nproc)):
-        ours, theirs = context.Pipe()
-        child = context.Process(target=client_process, args=(job, part, theirs), daemon=True)
-        child.start()
-        pipes.append(ours)
-        children.append(child)
-    for pipe in pipes:
-        if not pipe.poll(180):
-            raise SystemExit("a client process did not get ready")
-        pipe.recv()
-    start = time.time() + 0.3
-    for pipe in pipes:
-        pipe.send(start)
     cell = Cell(job.kind, count, args.seconds, unit)
-    time.sleep(max(0.0, start + args.warmup - time.time()))
-    server_from, busy_from = server.cpu(), machine_busy()
-    pg_from, redis_from = backends.sample(), backends.redis_cpu()
-    time.sleep(max(0.0, start + args.warmup + args.seconds - time.time()))
-    server_to, busy_to = server.cpu(), machine_busy()
-    pg_to, redis_to = backends.sample(), backends.redis_cpu()
-    for pipe, child in zip(pipes, children, strict=True):
-        if not pipe.poll(300):
-            raise SystemExit("a client process did not finish")
-        samples, errors = pipe.recv()
-        cell.samples += samples
-        cell.errors += errors
-        child.join(10)
-    cell.server_cpu = server_to - server_from
-    cell.postgres_cpu = Backends.spent(pg_from, pg_to)
-    cell.redis_cpu = redis_to - redis_from
-    cell.busy = (busy_to[0] - busy_from[0]) / max(1, busy_to[1] - busy_from[1])
+    fan_out(args, server, backends, client_process, job, count, cell)
     print(f"  {server.name:8} {job.kind:9} {count:3} senders: {cell.rate():7.1f}/s  "
           f"p50 {cell.ms(0.5):6.1f} ms  p99 {cell.ms(0.99):6.1f} ms  "
           f"server CPU {cell.per(cell.server_cpu):.2f} ms/msg  machine busy {cell.busy:.0%}",
@@ -509,7 +462,7 @@ def bench_sms(args, schema: Schema) -> dict:
     cell_no = 0
     try:
         with tempfile.TemporaryDirectory(prefix="bench_sms_") as workdir:
-            set_up_demo_study(db, Path(workdir), lambda line: None)
+            set_up_demo_study(db, Path(workdir), lambda line: None, users_language="en")
             add_bench_kits(db, Path(workdir), most + 10,
                            date.fromisoformat(args.today) + timedelta(days=730))
             began = time.monotonic()

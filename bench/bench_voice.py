@@ -182,7 +182,7 @@ def bench_calls(args, schema) -> dict:
         try:
             db = Database(f"sqlite:///{Path(workdir) / 'voice.sqlite3'}")
             upgrade(db.engine)
-            set_up_demo_study(db, Path(workdir), lambda line: None)
+            set_up_demo_study(db, Path(workdir), lambda line: None, users_language="en")
             app = create_app(Settings(database_url="unused", twilio_auth_token=TOKEN), db=db,
                              store=MemorySessionStore())
 
@@ -560,8 +560,10 @@ def client_thread(job: Job, index: int, ready: threading.Barrier, go: threading.
         client.close()
 
 
-def client_process(job: Job, indexes: list[int], pipe) -> None:
-    """Threads, one per call; reports when every call is ready, then runs."""
+def run_clients(client_thread, job, indexes: list[int], pipe) -> None:
+    """A client process: one thread per call (or sender) running ``client_thread``;
+    reports when every one is ready, starts them together, measures its own CPU
+    over the window and sends back (samples, errors, CPU seconds)."""
     ready = threading.Barrier(len(indexes) + 1)  # every call signed in (dialog)
     go = threading.Event()
     start = [0.0]
@@ -588,6 +590,51 @@ def client_process(job: Job, indexes: list[int], pipe) -> None:
         thread.join(timeout=120)
     pipe.send((samples, errors, cpu_to - cpu_from))
     pipe.close()
+
+
+def client_process(job: Job, indexes: list[int], pipe) -> None:
+    run_clients(client_thread, job, indexes, pipe)
+
+
+def fan_out(args, server: Server, backends: Backends, process, job, count: int, cell) -> None:
+    """Run ``count`` clients in ``args.client_processes`` forked processes (``process``
+    is their body), started together; sample the server's, PostgreSQL's and Redis's
+    CPU and the machine's busy share over the measured window; gather every
+    process's samples, errors and CPU into ``cell``."""
+    context = multiprocessing.get_context("fork")
+    nproc = max(1, min(args.client_processes, count))
+    pipes, children = [], []
+    for part in (list(range(count))[p::nproc] for p in range(nproc)):
+        ours, theirs = context.Pipe()
+        child = context.Process(target=process, args=(job, part, theirs), daemon=True)
+        child.start()
+        pipes.append(ours)
+        children.append(child)
+    for pipe in pipes:
+        if not pipe.poll(180):
+            raise SystemExit("a client process did not get ready")
+        pipe.recv()
+    start = time.time() + 0.3
+    for pipe in pipes:
+        pipe.send(start)
+    time.sleep(max(0.0, start + args.warmup - time.time()))
+    server_from, busy_from = server.cpu(), machine_busy()
+    pg_from, redis_from = backends.sample(), backends.redis_cpu()
+    time.sleep(max(0.0, start + args.warmup + args.seconds - time.time()))
+    server_to, busy_to = server.cpu(), machine_busy()
+    pg_to, redis_to = backends.sample(), backends.redis_cpu()
+    for pipe, child in zip(pipes, children, strict=True):
+        if not pipe.poll(300):
+            raise SystemExit("a client process did not finish")
+        samples, errors, client_cpu = pipe.recv()
+        cell.samples += samples
+        cell.errors += errors
+        cell.client_cpu += client_cpu
+        child.join(10)
+    cell.server_cpu = server_to - server_from
+    cell.postgres_cpu = Backends.spent(pg_from, pg_to)
+    cell.redis_cpu = redis_to - redis_from
+    cell.busy = (busy_to[0] - busy_from[0]) / max(1, busy_to[1] - busy_from[1])
 
 
 @dataclass
@@ -623,42 +670,8 @@ def measure(args, server: Server, backends: Backends, kind: str, users: list, su
     calls = len(users)
     job = Job(kind, server.port, TOKEN, users, subject, f"CA{run_id}{cell_no:02d}",
               args.warmup, args.seconds)
-    context = multiprocessing.get_context("fork")
-    nproc = max(1, min(args.client_processes, calls))
-    parts = [list(range(calls))[p::nproc] for p in range(nproc)]
-    pipes, children = [], []
-    for part in parts:
-        ours, theirs = context.Pipe()
-        child = context.Process(target=client_process, args=(job, part, theirs), daemon=True)
-        child.start()
-        pipes.append(ours)
-        children.append(child)
-    for pipe in pipes:
-        if not pipe.poll(120):
-            raise SystemExit("a client process did not get ready")
-        pipe.recv()
-    start = time.time() + 0.3
-    for pipe in pipes:
-        pipe.send(start)
     cell = Cell(kind, calls, args.seconds)
-    time.sleep(max(0.0, start + args.warmup - time.time()))
-    server_from, busy_from = server.cpu(), machine_busy()
-    pg_from, redis_from = backends.sample(), backends.redis_cpu()
-    time.sleep(max(0.0, start + args.warmup + args.seconds - time.time()))
-    server_to, busy_to = server.cpu(), machine_busy()
-    pg_to, redis_to = backends.sample(), backends.redis_cpu()
-    for pipe, child in zip(pipes, children):
-        if not pipe.poll(180):
-            raise SystemExit("a client process did not finish")
-        samples, errors, client_cpu = pipe.recv()
-        cell.samples += samples
-        cell.errors += errors
-        cell.client_cpu += client_cpu
-        child.join(10)
-    cell.server_cpu = server_to - server_from
-    cell.postgres_cpu = Backends.spent(pg_from, pg_to)
-    cell.redis_cpu = redis_to - redis_from
-    cell.busy = (busy_to[0] - busy_from[0]) / max(1, busy_to[1] - busy_from[1])
+    fan_out(args, server, backends, client_process, job, calls, cell)
     for error in cell.errors[:3]:
         print(f"  client error ({kind}, {calls} calls): {error}", flush=True)
     print(f"  {server.name:8} {kind:6} {calls:3} calls: {cell.rate:7.1f}/s  p50 {cell.ms(0.5):6.1f}"
@@ -724,7 +737,7 @@ def bench_steps(args, schema: Schema) -> dict:
     results: dict[str, dict] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench_voice_") as workdir:
-            set_up_demo_study(db, Path(workdir), lambda line: None)
+            set_up_demo_study(db, Path(workdir), lambda line: None, users_language="en")
             paris = Actor(role="site_coordinator", user_code=PARIS_USER,
                           site_codes=frozenset({SITE}), channel="bench")
             subject = screen_subject(db, site_code=SITE, actor=paris,

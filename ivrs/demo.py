@@ -24,14 +24,14 @@ from datetime import date, timedelta
 from importlib.resources import files
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.actors import Actor
 from core.audit import verify
 from core.clock import today
 from core.db import Database
 from core.migrate import upgrade
-from core.models import StudyPhoneNumber, Subject
+from core.models import StudyPhoneNumber, Subject, User
 from core.mrl import import_mrl
 from core.reports import subjects as subjects_report
 from core.studies import get_study
@@ -105,8 +105,12 @@ def days_later(days: int):
             os.environ["IVRS_TODAY"] = previous
 
 
-def set_up_demo_study(db: Database, workdir: Path, echo: Callable[[str], None] = print) -> None:
-    """The demo study, its randomization list and its kits, in a migrated database."""
+def set_up_demo_study(db: Database, workdir: Path, echo: Callable[[str], None] = print, *,
+                      users_language: str | None = None) -> None:
+    """The demo study, its randomization list and its kits, in a migrated database.
+
+    ``users_language`` makes every user speak that language instead of the study
+    file's (tests and benchmarks that read English prompts)."""
     study_file = workdir / "study.yaml"
     study_file.write_text(files("ivrs").joinpath("demo_data", "study.yaml").read_text("utf-8"),
                           encoding="utf-8")
@@ -120,6 +124,9 @@ def set_up_demo_study(db: Database, workdir: Path, echo: Callable[[str], None] =
     write_demo_kits(kits_file, today() + timedelta(days=730))
     import_kits(db, kits_file, study_code=STUDY_CODE)
     echo(f"Imported the kit list {kits_file}: stock at depot 90 and at sites 101 and 102")
+    if users_language is not None:
+        with db.transaction() as session:
+            session.execute(update(User).values(language=users_language))
 
 
 
@@ -207,7 +214,6 @@ class DemoLine:
 
     def outbox(self, caller: Caller) -> list[str]:
         """The SMS the system has queued for a caller (sent by Twilio when configured)."""
-        from core.models import User
         from core.supply.models import Notification
         from ivrs.notify import render
 

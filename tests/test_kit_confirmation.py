@@ -17,15 +17,20 @@ import pytest
 from babel.messages.pofile import read_po
 from helpers import table_counts
 from sqlalchemy import select
-from studyfiles import MRL_CSV, STUDY_YAML
-from test_dispensing import COORDINATOR, M_LT65, YES, kit, set_day, stocked
+from test_dispensing import (  # noqa: F401  (study: the example study, fixture)
+    COORDINATOR,
+    M_LT65,
+    YES,
+    kit,
+    set_day,
+    stocked,
+    study,
+)
 
 from core.actors import ADMIN, Actor
 from core.errors import Refused
 from core.models import AuditEvent, Study
-from core.mrl import import_mrl
 from core.randomize import randomize
-from core.study_loader import load_study
 from core.subjects import screen_subject
 from core.supply.confirmation import (
     confirm_kit,
@@ -42,14 +47,6 @@ INVESTIGATOR = Actor(role="investigator", user_code="5002", site_codes=frozenset
 INVESTIGATOR_102 = Actor(role="investigator", user_code="5005",
                         site_codes=frozenset({"102", "103"}))
 BLINDED_WORDS = ("KA", "KP", "Drug", "Placebo", "arm")
-
-
-@pytest.fixture
-def study(db, monkeypatch):
-    set_day(monkeypatch, 0)
-    load_study(db, STUDY_YAML)
-    import_mrl(db, MRL_CSV)
-    return db
 
 
 def enroll(db, actor=COORDINATOR, site="101"):

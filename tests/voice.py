@@ -53,13 +53,7 @@ def demo_study_in_english(db: Database, workdir) -> None:
     """The demo study, its staff speaking English: the tests read English prompts
     (a test of another language sets a user's language itself). The study file
     gives them their own languages, which ``ivrs demo`` uses."""
-    from sqlalchemy import update
-
-    from core.models import User
-
-    set_up_demo_study(db, workdir, lambda line: None)
-    with db.transaction() as session:
-        session.execute(update(User).values(language="en"))
+    set_up_demo_study(db, workdir, lambda line: None, users_language="en")
 
 
 def session_store() -> SessionStore:
