@@ -91,7 +91,8 @@ def audience_users(session: Session, study_id: int, audience: str) -> list[User]
     """The active users with a phone that ``audience`` names, by user code.
 
     ``user:<code>`` one user, ``role:<role>`` every user of that role,
-    ``site:<code>`` every user linked to that site. Opted-out users are
+    ``site:<code>`` every user linked to that site (``site:<code>:<role>``
+    those of one role). Opted-out users are
     included (the caller decides what they get); an audience of another
     shape names nobody and is logged.
     """
@@ -103,9 +104,13 @@ def audience_users(session: Session, study_id: int, audience: str) -> list[User]
     elif kind == "role":
         query = query.where(User.role == name)
     elif kind == "site":
+        # site:<code> everyone at the site; site:<code>:<role> that role only
+        name, _, role = name.partition(":")
         query = (query.join(UserSite, UserSite.user_id == User.id)
                  .join(Site, Site.id == UserSite.site_id)
                  .where(Site.study_id == study_id, Site.code == name))
+        if role:
+            query = query.where(User.role == role)
     else:
         log.warning("notification audience %r names nobody: expected user:, role: or site:",
                     audience)

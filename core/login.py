@@ -43,9 +43,9 @@ def sign_in(db: Database, *, user_code: str, pin: str, channel: str,
     (never saying which of the two was wrong) or ``locked``."""
     failed = locked_now = False
     with service_call(db, study, "sign_in", None, Actor(role="admin", channel=channel)) as call:
-        user = _locked_user_row(call.session, call.study.id, user_code)
+        user = locked_user_row(call.session, call.study.id, user_code)
         if user is None:
-            check_pin(_dummy_hash(), pin)
+            check_pin(dummy_hash(), pin)
             raise Refused("user ID or PIN not valid", code="bad_credentials")
         call.audit.actor = f"user:{user.user_code}"
         if user.locked:
@@ -85,7 +85,7 @@ def change_pin(db: Database, *, user_code: str, new_pin: str, actor: Actor,
     if actor.user_code != user_code:
         raise Refused("a user changes only their own PIN", code="not_allowed")
     with service_call(db, study, f"change_pin {user_code}", idempotency_key, actor) as call:
-        user = _locked_user_row(call.session, call.study.id, user_code)
+        user = locked_user_row(call.session, call.study.id, user_code)
         if (replay := call.replayed()) is not None:
             return replay["confirmation"]
         if user is None or user.locked:
@@ -108,7 +108,7 @@ def set_language(db: Database, *, language: str, actor: Actor, study: str | None
     language = language.strip()
     with service_call(db, study, f"set_language {actor.user_code}", idempotency_key,
                       actor) as call:
-        user = _locked_user_row(call.session, call.study.id, actor.user_code or "")
+        user = locked_user_row(call.session, call.study.id, actor.user_code or "")
         if (replay := call.replayed()) is not None:
             return replay["language"]
         if user is None:
@@ -179,7 +179,7 @@ def language_for_phone(db: Database, *, phone: str | None, study: str | None = N
     return users_for_phone(db, phone=phone, study=study).language
 
 
-def _locked_user_row(session, study_id: int, user_code: str) -> User | None:
+def locked_user_row(session, study_id: int, user_code: str) -> User | None:
     if not user_code.isdigit():
         return None
     return session.execute(select(User).where(
@@ -187,7 +187,7 @@ def _locked_user_row(session, study_id: int, user_code: str) -> User | None:
         .with_for_update()).scalar_one_or_none()
 
 
-def _dummy_hash() -> str:
+def dummy_hash() -> str:
     global _DUMMY_HASH
     if _DUMMY_HASH is None:
         _DUMMY_HASH = hash_pin("00000000")

@@ -226,6 +226,8 @@ class Subject(Base):
     status: Mapped[str] = mapped_column(String(20))
     screened_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
     screened_by: Mapped[str | None] = mapped_column(String(40))
+    # When the subject's treatment was first revealed (emergency unblinding).
+    unblinded_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     site: Mapped[Site] = relationship()
 
@@ -359,6 +361,60 @@ class CapCounter(Base):
     cap_key: Mapped[str] = mapped_column(String(400))
     cap: Mapped[int]
     count: Mapped[int] = mapped_column(default=0)
+
+
+# --- gated actions and emergency unblinding -------------------------------------------
+
+
+class Approval(Base):
+    """A request that a user of an approving role must sign off (core.approvals).
+
+    ``number`` is what people type and hear: the gated thing's own number (a
+    return's 7000xx, an unblinding request's 8000xx), unique within the study.
+    """
+
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("study_id", "number"),
+                      Index("ix_approvals_study_id_status", "study_id", "status"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    number: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(20))  # unblinding | return
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"))
+    status: Mapped[str] = mapped_column(String(12))  # pending approved rejected expired
+    requested_by: Mapped[str] = mapped_column(String(60))
+    requested_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    decided_by: Mapped[str | None] = mapped_column(String(60))
+    decided_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Unblinding(Base):
+    """One emergency unblinding event: a request, signed, and what became of it.
+
+    The arm is never stored here: it is read from the randomization when it is
+    revealed, and the audit row of the reveal carries it under its unblinded key.
+    """
+
+    __tablename__ = "unblindings"
+    __table_args__ = (UniqueConstraint("study_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    number: Mapped[str] = mapped_column(String(20))
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id"), index=True)
+    mode: Mapped[str] = mapped_column(String(20))  # investigator | approval
+    reason: Mapped[str] = mapped_column(String(40))  # medical_emergency | other
+    # pending approved rejected expired (approval mode) -> unblinded
+    status: Mapped[str] = mapped_column(String(12))
+    requested_by: Mapped[str] = mapped_column(String(60))
+    requested_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    signed_by: Mapped[str] = mapped_column(String(200))  # "user:5002 Santiago Ramón"
+    signed_at: Mapped[datetime] = mapped_column(Timestamp)
+    revealed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revealed_to: Mapped[str | None] = mapped_column(String(60))
 
 
 # --- idempotency and audit -------------------------------------------------------------

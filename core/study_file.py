@@ -296,6 +296,10 @@ class EventDef(Section):
 
 class UnblindingDef(Section):
     mode: Literal["investigator", "approval"] = "investigator"
+    # mode approval: the roles that approve (never the requester), and how long a
+    # request waits for a decision before it expires
+    approvers: list[Literal["project_manager", "investigator"]] = ["project_manager"]
+    expire_hours: PositiveInt = 24
 
 
 class KitTypeDef(Section):
@@ -327,6 +331,8 @@ class SupplyDef(Section):
     initial: ResupplyDef | None = None
     # kits still unconfirmed by SMS this many hours after assignment get one reminder
     confirmation_reminder_hours: PositiveInt = 24
+    # a declared return nobody approved or rejected in this time expires
+    return_approval_hours: PositiveInt = 14 * 24
 
 
 class DepotDef(Section):
@@ -391,6 +397,8 @@ class StudyDefinition(Section):
             "visits_by_cohort": {cohort: [visit.model_dump(mode="json") for visit in visits]
                                  for cohort, visits in self.visits_by_cohort.items()},
             "supply": self.supply.model_dump(mode="json") if self.supply else None,
+            "unblinding": {"approvers": list(self.unblinding.approvers),
+                           "expire_hours": self.unblinding.expire_hours},
         }
 
 

@@ -69,7 +69,7 @@ from core.supply.models import Kit, KitType, SiteSupply
 __all__ = ["LoadResult", "load_study", "parse_study_file"]
 
 # Study.config holds these sections of the file, as validated.
-CONFIG_SECTIONS = ("kit_types", "visits", "visits_by_cohort", "supply")
+CONFIG_SECTIONS = ("kit_types", "visits", "visits_by_cohort", "supply", "unblinding")
 
 
 @dataclass

@@ -184,7 +184,7 @@ def report(name, fmt, out, unblinded, user_code, study) -> None:
 
         if not user_code:
             raise IvrsError("--unblinded needs --user ID of an unblinded role")
-        pin = os.environ.get("IVRS_PIN") or click.prompt("PIN", hide_input=True)
+        pin = read_pin()
         authorize_unblinded(db, user_code=user_code, pin=pin, purpose=f"report {name}",
                             study=study)
     with db.sessions() as session:
@@ -196,6 +196,11 @@ def report(name, fmt, out, unblinded, user_code, study) -> None:
         finally:
             if out:
                 stream.close()
+
+
+def read_pin() -> str:
+    """A user's PIN: from IVRS_PIN in scripts, else asked without echo."""
+    return os.environ.get("IVRS_PIN") or click.prompt("PIN", hide_input=True)
 
 
 def write_csv(stream, columns, rows) -> None:
@@ -257,5 +262,6 @@ import ivrs.cli_serve  # noqa: E402,F401  (registers `serve`)
 
 import ivrs.cli_call  # noqa: E402,F401  (registers `call`)
 import ivrs.cli_sms  # noqa: E402,F401  (registers `sms`)
+import ivrs.cli_approvals  # noqa: E402,F401  (registers `approvals`)
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -14,6 +14,7 @@ import click
 
 from core.actors import ADMIN
 from core.errors import IvrsError
+from core.supply.returns import RETURN_STATUSES
 from ivrs.cli import _database, handles_errors, main, study_option, write_csv
 
 
@@ -175,13 +176,13 @@ def _date(value: str | None) -> date | None:
 # --- returns: site -> depot, then destruction (core.supply.returns) ---------------------------
 
 
+
 @main.group()
 def returns() -> None:
-    """Kit returns: declared by a site, approved by the project manager, received and
-    destroyed at the depot."""
+    """Kit returns: declared by a site, approved by the project manager (``ivrs
+    approvals``), received and destroyed at the depot."""
 
 
-RETURN_STATUSES = ["declared", "approved", "rejected", "received", "destroyed"]
 
 
 @returns.command("list")
@@ -220,35 +221,6 @@ def returns_declare(site: str, kit_numbers: tuple[str, ...], reason: str,
                             reason=reason, actor=ADMIN, study=study)
     click.echo(f"return {result.return_number} declared: {result.kits} kits from site "
                f"{result.site} to depot {result.depot} (confirmation {result.confirmation})")
-
-
-@returns.command("approve")
-@click.argument("number")
-@study_option
-@handles_errors
-def returns_approve(number: str, study: str | None) -> None:
-    """Approve a declared return (not one declared at this console: four eyes)."""
-    from core.supply.returns import approve_return
-
-    result = approve_return(_database(), return_number=number, actor=ADMIN, study=study)
-    click.echo(f"return {result.return_number} approved: site {result.site} may send "
-               f"{result.kits} kits to depot {result.depot} "
-               f"(confirmation {result.confirmation})")
-
-
-@returns.command("reject")
-@click.argument("number")
-@click.option("--reason", required=True)
-@study_option
-@handles_errors
-def returns_reject(number: str, reason: str, study: str | None) -> None:
-    """Reject a declared return: its kits stay at the site."""
-    from core.supply.returns import reject_return
-
-    result = reject_return(_database(), return_number=number, reason=reason, actor=ADMIN,
-                           study=study)
-    click.echo(f"return {result.return_number} rejected: {result.kits} kits stay at site "
-               f"{result.site} (confirmation {result.confirmation})")
 
 
 @returns.command("receive")

@@ -47,3 +47,21 @@ def snapshot(db) -> dict[str, list[tuple]]:
             table.name: sorted((tuple(row) for row in connection.execute(select(table))), key=repr)
             for table in Base.metadata.sorted_tables
         }
+
+
+# The example study's PINs (tests/data/study.yaml): signatures type them again.
+PINS = {"5001": "2468", "5002": "1357", "5003": "8642", "5004": "9753", "5005": "97531",
+        "5006": "246810", "7001": "1122", "9001": "5566"}
+
+
+def signed(db, user_code: str, meaning: str = "test signature", study: str | None = None):
+    """A fresh signature of an example-study user (core.signatures.sign)."""
+    from core.actors import actor_for_user
+    from core.models import Study
+    from core.signatures import sign
+
+    with db.sessions() as session:
+        query = select(Study.id) if study is None else select(Study.id).where(Study.code == study)
+        actor = actor_for_user(session, session.scalars(query).one(), user_code, "test")
+    return sign(db, user_code=user_code, pin=PINS[user_code], actor=actor, meaning=meaning,
+                study=study)

@@ -12,7 +12,7 @@ from datetime import date
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
-from studyfiles import DATA, MRL_CSV, STUDY_YAML, snapshot
+from studyfiles import DATA, MRL_CSV, STUDY_YAML, signed, snapshot
 
 from core.actors import ADMIN, Actor, actor_for_user
 from core.audit import AuditLog, blinded, verify
@@ -96,6 +96,10 @@ def audit_rows(db, action: str) -> list[AuditEvent]:
                                     .order_by(AuditEvent.seq)))
 
 
+def signatures(db) -> dict:
+    return {code: signed(db, code) for code in ("5001", "5002", "5006", "7001", "9001")}
+
+
 def notifications(db, kind: str) -> list[Notification]:
     with db.sessions() as session:
         return list(session.scalars(select(Notification).where(Notification.kind == kind)))
@@ -141,7 +145,8 @@ def test_the_full_path_from_subject_to_destruction(site101):
     assert note.params == {"return": declared.return_number, "site": "101", "count": 3}
 
     approved = approve_return(db, return_number=declared.return_number,
-                              actor=user(db, "5006"))
+                              actor=user(db, "5006"),
+                   signature=signed(db, "5006"))
     assert approved.status == "approved"
     row = return_row(db, declared.return_number)
     assert (row.decided_by, row.declared_by) == ("user:5006", "user:5001")
@@ -188,6 +193,7 @@ def test_the_full_path_from_subject_to_destruction(site101):
 
 def test_roles_are_checked_and_refusals_change_nothing(site101):
     db, subject, subject_kit = site101
+    sig = signatures(db)  # signed before the snapshots: signing is audited
     unused = kits_at(db, "101")
     before = snapshot(db)
     with pytest.raises(Refused, match="role project_manager may not"):
@@ -211,11 +217,11 @@ def test_roles_are_checked_and_refusals_change_nothing(site101):
                             actor=user(db, "5001")).return_number
     before = snapshot(db)
     with pytest.raises(Refused, match="role site_coordinator may not approve"):
-        approve_return(db, return_number=number, actor=user(db, "5001"))
+        approve_return(db, return_number=number, actor=user(db, "5001"), signature=sig["5001"])
     with pytest.raises(Refused, match="role investigator may not reject"):
-        reject_return(db, return_number=number, reason="no", actor=user(db, "5002"))
+        reject_return(db, return_number=number, reason="no", actor=user(db, "5002"), signature=sig["5002"])
     with pytest.raises(Refused, match="role depot_manager may not approve"):
-        approve_return(db, return_number=number, actor=user(db, "7001"))
+        approve_return(db, return_number=number, actor=user(db, "7001"), signature=sig["7001"])
     with pytest.raises(Refused, match="role project_manager may not receive"):
         receive_return(db, return_number=number, actor=user(db, "5006"))
     with pytest.raises(Refused, match="role site_coordinator may not destroy"):
@@ -223,27 +229,33 @@ def test_roles_are_checked_and_refusals_change_nothing(site101):
     assert snapshot(db) == before
 
 
-def test_nobody_approves_a_return_they_declared(site101):
+def test_only_a_signing_project_manager_decides_a_return(site101):
     db, _, _ = site101
+    sig = signatures(db)  # signed before the snapshots: signing is audited
     unused = kits_at(db, "101")
     admin = Actor(role="admin", user_code="9001")
     number = declare_return(db, site_code="101", kit_numbers=unused[:1], reason="r",
                             actor=admin).return_number
     before = snapshot(db)
-    with pytest.raises(Refused, match="declared by you: another person must approve it"):
-        approve_return(db, return_number=number, actor=admin)
+    # the console administrator is no approver, signed or not
+    with pytest.raises(Refused, match="role admin may not approve return requests"):
+        approve_return(db, return_number=number, actor=admin, signature=sig["9001"])
+    pm = user(db, "5006")
+    with pytest.raises(Refused, match="must be signed") as refused:
+        approve_return(db, return_number=number, actor=pm, signature=None)
+    assert refused.value.code == "signature_required"
+    with pytest.raises(Refused, match="signed by the user who takes it"):
+        approve_return(db, return_number=number, actor=pm, signature=sig["5001"])
     assert snapshot(db) == before
-    # the console operator is one identity too
-    other = declare_return(db, site_code="101", kit_numbers=unused[1:2], reason="r",
-                           actor=ADMIN).return_number
-    with pytest.raises(Refused, match="declared by you"):
-        approve_return(db, return_number=other, actor=ADMIN)
-    assert approve_return(db, return_number=number, actor=user(db, "5006")).status == "approved"
-    assert approve_return(db, return_number=other, actor=admin).status == "approved"
+    result = approve_return(db, return_number=number, actor=pm, signature=sig["5006"])
+    assert result.status == "approved"
+    (decision,) = audit_rows(db, "approval_approved")
+    assert decision.new["signature"]["signer"] == "user:5006 Pat Manager"
 
 
 def test_illegal_moves_are_refused_with_nothing_changed(site101):
     db, subject, subject_kit = site101
+    sig = signatures(db)  # signed before the snapshots: signing is audited
     unused = kits_at(db, "101")
     before = snapshot(db)
     # a dispensed/assigned kit cannot be declared until the subject returned it
@@ -272,7 +284,7 @@ def test_illegal_moves_are_refused_with_nothing_changed(site101):
     with pytest.raises(NotFound, match="no site 999"):
         declare_return(db, site_code="999", kit_numbers=unused[:1], reason="r", actor=ADMIN)
     with pytest.raises(NotFound, match="no return 700999"):
-        approve_return(db, return_number="700999", actor=user(db, "5006"))
+        approve_return(db, return_number="700999", actor=user(db, "5006"), signature=sig["5006"])
     # usable kits at the depot cannot be destroyed; site kits must be returned first
     with pytest.raises(Refused, match=f"kit {depot_kit} is at depot: it cannot be destroyed"):
         destroy_kits(db, kit_numbers=[depot_kit], actor=user(db, "7001"))
@@ -296,13 +308,13 @@ def test_illegal_moves_are_refused_with_nothing_changed(site101):
                        actor=user(db, "5001"))
     assert snapshot(db) == before
 
-    approve_return(db, return_number=number, actor=user(db, "5006"))
+    approve_return(db, return_number=number, actor=user(db, "5006"), signature=sig["5006"])
     before = snapshot(db)
     with pytest.raises(Refused, match="already in return"):
         declare_return(db, site_code="101", kit_numbers=[unused[0]], reason="r",
                        actor=user(db, "5001"))
-    with pytest.raises(Refused, match=f"return {number} is approved: it cannot be rejected"):
-        reject_return(db, return_number=number, reason="late", actor=user(db, "5006"))
+    with pytest.raises(Refused, match=f"return request {number} is approved: it cannot be rejected now"):
+        reject_return(db, return_number=number, reason="late", actor=user(db, "5006"), signature=sig["5006"])
     with pytest.raises(Refused, match=f"return {number} is approved: it cannot be destroyed"):
         destroy_kits(db, return_number=number, actor=user(db, "7001"))
     assert snapshot(db) == before
@@ -315,7 +327,8 @@ def test_a_rejected_return_leaves_the_kits_at_the_site(site101):
                             actor=user(db, "5001")).return_number
     before_kits = {n: (kit(db, n).status, kit(db, n).site_id) for n in unused}
     result = reject_return(db, return_number=number, reason="still in date: keep using",
-                           actor=user(db, "5006"))
+                           actor=user(db, "5006"),
+                   signature=signed(db, "5006"))
     assert (result.status, result.kits) == ("rejected", 2)
     assert {n: (kit(db, n).status, kit(db, n).site_id) for n in unused} == before_kits
     (note,) = notifications(db, "return_rejected")
@@ -333,13 +346,14 @@ def test_a_rejected_return_leaves_the_kits_at_the_site(site101):
 
 def test_a_kit_used_after_the_declaration_blocks_approval(site101):
     db, _, _ = site101
+    sig = signatures(db)  # signed before the snapshots: signing is audited
     unused = kits_at(db, "101")
     number = declare_return(db, site_code="101", kit_numbers=unused[:1], reason="r",
                             actor=user(db, "5001")).return_number
     _move(db, unused[0], "assign")  # e.g. dispensed meanwhile (the lifecycle allows it)
     before = snapshot(db)
     with pytest.raises(Refused, match=f"kit {unused[0]} of return {number} is now assigned"):
-        approve_return(db, return_number=number, actor=user(db, "5006"))
+        approve_return(db, return_number=number, actor=user(db, "5006"), signature=sig["5006"])
     assert snapshot(db) == before
 
 
@@ -365,7 +379,8 @@ def test_quarantined_and_damaged_kits_go_back_and_expired_depot_kits_are_destroy
     assert len(quarantined) == 2
     declared = declare_return(db, site_code="102", kit_numbers=quarantined,
                               reason="excursion", actor=user(db, "5005"))
-    approve_return(db, return_number=declared.return_number, actor=user(db, "5006"))
+    approve_return(db, return_number=declared.return_number, actor=user(db, "5006"),
+                   signature=signed(db, "5006"))
     receive_return(db, return_number=declared.return_number, actor=user(db, "7001"))
     assert {kit(db, n).status for n in quarantined} == {"returned_to_depot"}
     # destroying by kit number: one kit, then the other closes the return
@@ -395,9 +410,9 @@ def test_retries_act_once(site101):
     again = declare_return(db, site_code="101", kit_numbers=unused[:1], reason="r",
                            actor=coordinator, idempotency_key="k-declare")
     assert again == first
-    approve_return(db, return_number=first.return_number, actor=user(db, "5006"),
+    approve_return(db, return_number=first.return_number, actor=user(db, "5006"), signature=signed(db, "5006"),
                    idempotency_key="k-approve")
-    replay = approve_return(db, return_number=first.return_number, actor=user(db, "5006"),
+    replay = approve_return(db, return_number=first.return_number, actor=user(db, "5006"), signature=signed(db, "5006"),
                             idempotency_key="k-approve")
     assert replay.status == "approved"
     assert len(notifications(db, "return_approved")) == 1
@@ -416,7 +431,8 @@ def test_audit_is_blind_outside_the_kit_type_key(site101):
                           actor=user(db, "5001"))
     number = declare_return(db, site_code="101", kit_numbers=[subject_kit, *kits_at(db, "101")],
                             reason="close-out", actor=user(db, "5001")).return_number
-    approve_return(db, return_number=number, actor=user(db, "5006"))
+    approve_return(db, return_number=number, actor=user(db, "5006"),
+                   signature=signed(db, "5006"))
     receive_return(db, return_number=number, actor=user(db, "7001"))
     destroy_kits(db, return_number=number, actor=user(db, "7001"))
     with db.sessions() as session:
@@ -440,23 +456,33 @@ def test_cli_returns(site101, database_env):
     runner = CliRunner()
     from ivrs.cli import main
 
-    def run(*args):
-        return runner.invoke(main, list(args), catch_exceptions=False)
+    def run(*args, pin="246810"):
+        return runner.invoke(main, list(args), catch_exceptions=False, env={"IVRS_PIN": pin})
 
     result = run("returns", "declare", "--site", "101", "--kit", unused[0], "--kit", unused[1],
                  "--reason", "close-out")
     assert result.exit_code == 0, result.output
     assert "declared: 2 kits from site 101 to depot 90" in result.output
     cli_number = result.output.split()[1]
-    result = run("returns", "approve", cli_number)
-    assert result.exit_code == 1 and "another person must approve it" in result.output
-    result = run("returns", "reject", cli_number, "--reason", "declared by mistake")
+    # decisions are signed by a project manager at the approvals gate
+    result = run("approvals", "list")
     assert result.exit_code == 0, result.output
+    (listed,) = csv.DictReader(io.StringIO(result.output))
+    assert (listed["number"], listed["kind"], listed["site"], listed["about"]) == (
+        cli_number, "return", "101", "return of 2 kits to the depot")
+    result = run("approvals", "approve", cli_number, "--user", "5001", pin="2468")
+    assert result.exit_code == 1 and "role site_coordinator may not approve" in result.output
+    result = run("approvals", "reject", cli_number, "--user", "5006",
+                 "--reason", "declared by mistake")
+    assert result.exit_code == 0, result.output
+    assert f"return request {cli_number} rejected, signed by user:5006 Pat Manager" \
+        in result.output
 
     number = declare_return(db, site_code="101", kit_numbers=unused[:2], reason="r",
                             actor=user(db, "5001")).return_number
+    result = run("approvals", "approve", number, "--user", "5006")
+    assert result.exit_code == 0, result.output
     for args, expected in (
-            (("approve", number), "approved: site 101 may send 2 kits to depot 90"),
             (("receive", number), "received: 2 kits at depot 90"),
             (("destroy", number, "--reason", "incinerated"),
              f"2 kits destroyed; return {number} closed")):

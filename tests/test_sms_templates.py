@@ -22,7 +22,7 @@ import pytest
 from babel import Locale
 from babel.messages.pofile import read_po
 from sqlalchemy import select
-from studyfiles import DATA, MRL_CSV, write_study
+from studyfiles import DATA, MRL_CSV, signed, write_study
 
 from core.actors import Actor, actor_for_user
 from core.errors import Refused
@@ -277,11 +277,11 @@ def supplied(db, tmp_path, monkeypatch):
     first, second, third, *_ = available_at(db, "101")
     approved = declare_return(db, site_code="101", kit_numbers=[first, second],
                               reason="site close-out", actor=user(db, "5001")).return_number
-    approve_return(db, return_number=approved, actor=user(db, "5006"))
+    approve_return(db, return_number=approved, actor=user(db, "5006"), signature=signed(db, "5006"))
     rejected = declare_return(db, site_code="101", kit_numbers=[third], reason="r",
                               actor=user(db, "5001")).return_number
     reject_return(db, return_number=rejected, reason="still in date: keep using it",
-                  actor=user(db, "5006"))
+                  actor=user(db, "5006"), signature=signed(db, "5006"))
     # Four years on, the first lots (June 2030) are about to expire at the depot and at 101.
     assert run_expiry(db, today=date(2030, 6, 15)).warnings >= 2
     return db

@@ -9,9 +9,10 @@ The path, each step its own role-checked, audited, idempotent service:
    returned by subject, expired, damaged, quarantined) in a return, numbered
    700001, 700002 ... Kits keep their status and place until the depot has
    them in hand; the project manager is notified.
-3. ``approve_return`` / ``reject_return``: the project manager decides. Nobody
-   approves a return they declared themselves (four eyes); a rejected return's
-   kits simply stay at the site and may be declared again.
+3. ``approve_return`` / ``reject_return``: the project manager decides, signed,
+   at the approvals gate (``core.approvals``, shared with emergency unblinding).
+   Nobody decides on a return they declared themselves (four eyes); a rejected
+   or expired return's kits simply stay at the site and may be declared again.
 4. ``receive_return``: the depot takes the kits in (-> returned to depot).
 5. ``destroy_kits``: the depot records destruction of a received return, or of
    named expired/damaged/returned kits at a depot; a return whose kits are all
@@ -33,12 +34,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core import approvals
 from core.actors import SITE_ROLES, Actor
 from core.clock import utcnow
 from core.db import Database
 from core.errors import NotFound, Refused
-from core.models import Depot, Site
-from core.service import service_call
+from core.models import Approval, Depot, Site, Study
+from core.service import ServiceCall, service_call
+from core.signatures import Signature
 from core.subjects import lock_subject_row
 from core.supply.kits import apply_move, lock_kits
 from core.supply.lifecycle import ASSIGNED, DISPENSED, RETURNABLE, UNUSABLE
@@ -46,13 +49,14 @@ from core.supply.models import Kit, KitReturn, KitType, ReturnKit
 from core.supply.outbox import notify
 from core.supply.shipments import DEPOT_ROLES, required_text
 
-DECLARED, APPROVED, REJECTED, RECEIVED, DESTROYED = (
-    "declared", "approved", "rejected", "received", "destroyed")
-RETURN_STATUSES = [DECLARED, APPROVED, REJECTED, RECEIVED, DESTROYED]
+DECLARED, APPROVED, REJECTED, EXPIRED, RECEIVED, DESTROYED = (
+    "declared", "approved", "rejected", "expired", "received", "destroyed")
+RETURN_STATUSES = [DECLARED, APPROVED, REJECTED, EXPIRED, RECEIVED, DESTROYED]
 # A kit in one of these returns is spoken for: it cannot be declared again.
 OPEN = (DECLARED, APPROVED)
 NUMBER_BASE = 700000  # return numbers are digits (typed on a keypad): 700001, 700002 ...
 APPROVER_ROLES = frozenset({"project_manager"})
+DEFAULT_APPROVAL_HOURS = 14 * 24  # an undecided return expires (study: supply.return_approval_hours)
 MAX_KITS = 500  # more kit numbers than this in one request is a typing mistake
 MAX_REASON = 1000
 
@@ -152,6 +156,8 @@ def declare_return(db: Database, *, site_code: str, kit_numbers: Iterable[str], 
         session.add(kit_return)
         session.flush()
         kit_return.return_number = str(NUMBER_BASE + kit_return.id)
+        approvals.open_approval(call, kind="return", number=kit_return.return_number,
+                                site_id=site.id, hours=_approval_hours(session, call.study.id))
         for kit in kits:
             session.add(ReturnKit(return_id=kit_return.id, kit_id=kit.id,
                                   status_before=kit.status))
@@ -200,68 +206,96 @@ def _open_returns(session: Session, kit_ids: list[int]) -> dict[int, str]:
         .where(ReturnKit.kit_id.in_(kit_ids), KitReturn.status.in_(OPEN))).all())
 
 
-# --- 3. the project manager decides ---------------------------------------------------------------
+# --- 3. the project manager decides, at the approvals gate (core.approvals) ----------------
 
 
-def approve_return(db: Database, *, return_number: str, actor: Actor, study: str | None = None,
+def approve_return(db: Database, *, return_number: str, actor: Actor,
+                   signature: Signature | None, study: str | None = None,
                    idempotency_key: str | None = None) -> ReturnResult:
-    """declared -> approved; the site is told it may ship the kits."""
-    actor.require(APPROVER_ROLES, "approve returns")
-    return _decide(db, return_number, APPROVED, None, actor, study, idempotency_key)
+    """declared -> approved (signed); the site is told it may ship the kits."""
+    return _decide(db, return_number, True, None, actor, signature, study, idempotency_key)
 
 
 def reject_return(db: Database, *, return_number: str, reason: str, actor: Actor,
-                  study: str | None = None,
+                  signature: Signature | None, study: str | None = None,
                   idempotency_key: str | None = None) -> ReturnResult:
-    """declared -> rejected; the kits stay at the site (and may be declared again)."""
-    actor.require(APPROVER_ROLES, "reject returns")
+    """declared -> rejected (signed, with a reason); the kits stay at the site (and
+    may be declared again)."""
     reason = required_text(reason, "reason", limit=MAX_REASON)
-    return _decide(db, return_number, REJECTED, reason, actor, study, idempotency_key)
+    return _decide(db, return_number, False, reason, actor, signature, study, idempotency_key)
 
 
-def _decide(db: Database, return_number: str, status: str, reason: str | None, actor: Actor,
-            study: str | None, key: str | None) -> ReturnResult:
-    verb = "approve" if status == APPROVED else "reject"
-    with service_call(db, study, f"{verb}_return {return_number}", key, actor) as call:
-        session = call.session
-        kit_return = lock_return(session, call.study.id, return_number)
-        if (replay := call.replayed()) is not None:
-            return ReturnResult(**replay)
-        _require_status(kit_return, DECLARED, "approved" if status == APPROVED else "rejected")
-        if status == APPROVED and kit_return.declared_by == actor.label:
-            raise Refused(f"return {kit_return.return_number} was declared by you: another "
-                          "person must approve it", code="own_return",
-                          return_number=kit_return.return_number)
-        kits = return_kits(session, kit_return)
-        if status == APPROVED:
-            site = session.get(Site, kit_return.site_id)
-            for kit in kits:  # still at the site and returnable (it might have been used)
-                if kit.site_id != site.id or kit.status not in RETURNABLE:
-                    raise Refused(f"kit {kit.kit_number} of return {kit_return.return_number}"
-                                  f" is now {kit.status.replace('_', ' ')}: reject the "
-                                  "return and declare it again", code="return_kit_changed",
-                                  kit=kit.kit_number)
-        kit_return.status = status
-        kit_return.decided_at = utcnow()
-        kit_return.decided_by = actor.label
-        site, depot = session.get(Site, kit_return.site_id), session.get(Depot,
-                                                                         kit_return.depot_id)
-        call.audit.record(f"return_{status}", "return", kit_return.return_number,
-                          old={"status": DECLARED}, new={"status": status, "kits": len(kits)},
-                          reason=reason)
-        params: dict[str, Any] = {"return": kit_return.return_number, "count": len(kits),
-                                  "depot": depot.code}
-        if reason:
-            # The SMS quotes the reason; a long one is cut (the audit keeps it whole).
-            params["reason"] = reason if len(reason) <= 60 else reason[:57] + "..."
-        notify(session, call.audit, call.study.id,
-               key=f"return_{status}:{kit_return.return_number}", kind=f"return_{status}",
-               audience=f"site:{site.code}",
-               message_id=("notify.return_approved" if status == APPROVED
-                           else "notify.return_rejected"),
-               params=params)
-        return ReturnResult(**call.finish(_result(kit_return, site, depot,
-                                                  [kit.kit_number for kit in kits])))
+def _decide(db: Database, return_number: str, approve: bool, reason: str | None, actor: Actor,
+            signature: Signature | None, study: str | None, key: str | None) -> ReturnResult:
+    try:
+        decision = approvals.decide(db, number=str(return_number or "").strip(),
+                                    approve=approve, reason=reason, actor=actor,
+                                    signature=signature, kind="return", study=study,
+                                    idempotency_key=key)
+    except NotFound as error:
+        if error.code != "unknown_request":
+            raise
+        raise NotFound(f"no return {return_number}", code="unknown_return") from None
+    return ReturnResult(**decision.details, confirmation=decision.confirmation)
+
+
+def _return_decided(call: ServiceCall, approval: Approval, status: str,
+                    reason: str | None) -> dict[str, Any]:
+    """The gate's decision carried out: the return follows it, the site is told."""
+    session = call.session
+    kit_return = lock_return(session, call.study.id, approval.number)
+    kits = return_kits(session, kit_return)
+    site = session.get(Site, kit_return.site_id)
+    if status == APPROVED:
+        for kit in kits:  # still at the site and returnable (it might have been used)
+            if kit.site_id != site.id or kit.status not in RETURNABLE:
+                raise Refused(f"kit {kit.kit_number} of return {kit_return.return_number}"
+                              f" is now {kit.status.replace('_', ' ')}: reject the "
+                              "return and declare it again", code="return_kit_changed",
+                              kit=kit.kit_number)
+    kit_return.status = status
+    kit_return.decided_at = utcnow()
+    kit_return.decided_by = call.actor.label
+    depot = session.get(Depot, kit_return.depot_id)
+    call.audit.record(f"return_{status}", "return", kit_return.return_number,
+                      old={"status": DECLARED}, new={"status": status, "kits": len(kits)},
+                      reason=reason)
+    params: dict[str, Any] = {"return": kit_return.return_number, "count": len(kits),
+                              "depot": depot.code}
+    if reason:
+        # The SMS quotes the reason; a long one is cut (the audit keeps it whole).
+        params["reason"] = reason if len(reason) <= 60 else reason[:57] + "..."
+    notify(session, call.audit, call.study.id,
+           key=f"return_{status}:{kit_return.return_number}", kind=f"return_{status}",
+           audience=f"site:{site.code}",
+           message_id=("notify.return_approved" if status == APPROVED
+                       else "notify.return_rejected"),
+           params=params)
+    return _result(kit_return, site, depot, [kit.kit_number for kit in kits])
+
+
+def _return_expired(call: ServiceCall, approval: Approval) -> None:
+    """Nobody decided in time: the kits stay at the site, which may declare them again."""
+    kit_return = lock_return(call.session, call.study.id, approval.number)
+    kit_return.status = EXPIRED
+    site = call.session.get(Site, kit_return.site_id)
+    call.audit.record("return_expired", "return", kit_return.return_number,
+                      old={"status": DECLARED}, new={"status": EXPIRED})
+    notify(call.session, call.audit, call.study.id,
+           key=f"return_expired:{kit_return.return_number}", kind="return_expired",
+           audience=f"site:{site.code}", message_id="notify.return_expired",
+           params={"return": kit_return.return_number})
+
+
+def _describe_return(session: Session, approval: Approval) -> str:
+    kit_return = session.scalar(select(KitReturn).where(
+        KitReturn.study_id == approval.study_id, KitReturn.return_number == approval.number))
+    count = session.scalar(select(func.count()).where(ReturnKit.return_id == kit_return.id))
+    return f"return of {count} kit{'s' if count != 1 else ''} to the depot"
+
+
+approvals.register(approvals.Gate(
+    "return", lambda call: APPROVER_ROLES, _return_decided, _return_expired, _describe_return))
 
 
 # --- 4. the depot receives ---------------------------------------------------------------------
@@ -458,6 +492,11 @@ def _require_status(kit_return: KitReturn, status: str, action: str) -> None:
         raise Refused(f"return {kit_return.return_number} is {kit_return.status}: it cannot "
                       f"be {action}", code=f"return_{kit_return.status}",
                       return_number=kit_return.return_number)
+
+
+def _approval_hours(session: Session, study_id: int) -> int:
+    supply = (session.get(Study, study_id).config or {}).get("supply") or {}
+    return supply.get("return_approval_hours") or DEFAULT_APPROVAL_HOURS
 
 
 def _type_counts(session: Session, kits: list[Kit]) -> dict[str, int]:

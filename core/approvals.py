@@ -1,0 +1,207 @@
+"""Gated actions: requests that a user of an approving role must sign off.
+
+Emergency unblinding in ``approval`` mode and kit returns pass through the same
+gate; another gated action only has to register a ``Gate``. A request:
+
+- is opened in the transaction of the action it gates (``open_approval``),
+  numbered with that action's own number, and expires after a time the kind
+  sets;
+- is approved or rejected (with a reason) by ``decide``: signed by the
+  approver's user ID and PIN (``core.signatures``), by a user of a role the
+  kind names, at their own sites when that role has sites, and never by the
+  user who asked (four eyes). The gate's ``decided`` then carries the decision
+  out in the same transaction, so a decision it cannot carry out changes
+  nothing;
+- left undecided past its time is expired by ``expire_stale`` (the daily job)
+  and the gate told.
+
+Every step is audited; the decision's audit row carries the signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.actors import Actor
+from core.clock import as_utc, utcnow
+from core.db import Database
+from core.errors import NotFound, Refused
+from core.models import Approval, Site
+from core.service import ServiceCall, service_call
+from core.signatures import Signature, require_signature
+
+PENDING, APPROVED, REJECTED, EXPIRED = "pending", "approved", "rejected", "expired"
+STATUSES = (PENDING, APPROVED, REJECTED, EXPIRED)
+MAX_REASON = 1000
+JOB = Actor(role="admin", channel="job")  # who expires requests: the scheduled job
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What one kind of gated action does. Each function runs inside the
+    transaction of the step, with the approval row locked."""
+
+    kind: str
+    approver_roles: Callable[[ServiceCall], frozenset[str]]
+    # (call, approval, status, reason) -> details for the decision's result
+    decided: Callable[[ServiceCall, Approval, str, str | None], dict[str, Any]]
+    expired: Callable[[ServiceCall, Approval], None]
+    # (session, approval) -> what the request is about, blinded ("return of 3 kits ...")
+    describe: Callable[[Session, Approval], str]
+
+
+GATES: dict[str, Gate] = {}
+
+
+def register(gate: Gate) -> None:
+    GATES[gate.kind] = gate
+
+
+def _gate(kind: str) -> Gate:
+    if not GATES:  # the gated modules register themselves on import
+        import core.supply.returns  # noqa: F401
+        import core.unblinding  # noqa: F401
+    return GATES[kind]
+
+
+@dataclass(frozen=True)
+class Decision:
+    number: str
+    kind: str
+    status: str
+    details: dict[str, Any] = field(default_factory=dict)
+    confirmation: str | None = None
+
+
+def open_approval(call: ServiceCall, *, kind: str, number: str, site_id: int | None,
+                  hours: int) -> Approval:
+    """A new pending request, in the transaction of the action it gates."""
+    now = utcnow()
+    approval = Approval(study_id=call.study.id, number=number, kind=kind, site_id=site_id,
+                        status=PENDING, requested_by=call.actor.label, requested_at=now,
+                        expires_at=now + timedelta(hours=hours))
+    call.session.add(approval)
+    call.session.flush()
+    call.audit.record("approval_requested", "approval", number, new={
+        "kind": kind, "status": PENDING, "expires_at": approval.expires_at.isoformat()})
+    return approval
+
+
+def decide(db: Database, *, number: str, approve: bool, actor: Actor,
+           signature: Signature | None, reason: str | None = None, kind: str | None = None,
+           study: str | None = None, idempotency_key: str | None = None) -> Decision:
+    """Approve or reject request ``number`` (of ``kind``, when the caller expects one)."""
+    verb = "approve" if approve else "reject"
+    reason = (reason or "").strip() or None
+    if not approve and reason is None:
+        raise Refused("a rejection needs a reason", code="reason_required")
+    if reason is not None and len(reason) > MAX_REASON:
+        raise Refused(f"the reason is longer than {MAX_REASON} characters", code="bad_reason")
+    with service_call(db, study, f"{verb} {number}", idempotency_key, actor) as call:
+        approval = lock_approval(call.session, call.study.id, number, kind)
+        if (replay := call.replayed()) is not None:
+            return Decision(**replay)
+        gate = _gate(approval.kind)
+        if actor.role not in gate.approver_roles(call):
+            raise Refused(f"role {actor.role} may not {verb} {approval.kind} requests",
+                          code="not_allowed")
+        if approval.site_id is not None and actor.site_codes is not None:
+            actor.require_site(call.session.get(Site, approval.site_id).code)
+        signature = require_signature(signature, actor)
+        if approval.status != PENDING:
+            raise Refused(f"{approval.kind} request {approval.number} is {approval.status}: "
+                          f"it cannot be {verb.rstrip('e')}ed now",
+                          code=f"approval_{approval.status}", number=approval.number)
+        if as_utc(approval.expires_at) <= utcnow():
+            raise Refused(f"request {approval.number} has expired", code="approval_expired",
+                          number=approval.number)
+        if approval.requested_by == actor.label:
+            raise Refused(f"request {approval.number} is your own: another person must "
+                          f"{verb} it", code="own_request", number=approval.number)
+        status = APPROVED if approve else REJECTED
+        approval.status, approval.decided_by = status, actor.label
+        approval.decided_at, approval.decision_reason = utcnow(), reason
+        call.audit.record(f"approval_{status}", "approval", approval.number, reason=reason,
+                          old={"status": PENDING},
+                          new={"kind": approval.kind, "status": status,
+                               "signature": signature.record()})
+        details = gate.decided(call, approval, status, reason)
+        return Decision(**call.finish({"number": approval.number, "kind": approval.kind,
+                                       "status": status, "details": details}))
+
+
+def expire_stale(db: Database, *, study: str | None = None) -> list[str]:
+    """Expire every pending request past its time; the numbers expired."""
+    with service_call(db, study, "expire_approvals", None, JOB) as call:
+        stale = list(call.session.scalars(
+            select(Approval).where(Approval.study_id == call.study.id,
+                                   Approval.status == PENDING,
+                                   Approval.expires_at <= utcnow())
+            .order_by(Approval.id).with_for_update(skip_locked=True)))
+        for approval in stale:
+            approval.status, approval.decided_at = EXPIRED, utcnow()
+            call.audit.record("approval_expired", "approval", approval.number,
+                              old={"status": PENDING},
+                              new={"kind": approval.kind, "status": EXPIRED})
+            _gate(approval.kind).expired(call, approval)
+        numbers = [approval.number for approval in stale]
+        if numbers:
+            call.finish({"expired": numbers})
+        return numbers
+
+
+def lock_approval(session: Session, study_id: int, number: str,
+                  kind: str | None = None) -> Approval:
+    number = str(number or "").strip()
+    query = select(Approval).where(Approval.study_id == study_id, Approval.number == number)
+    if kind is not None:
+        query = query.where(Approval.kind == kind)
+    approval = session.execute(query.with_for_update()).scalar_one_or_none() \
+        if number.isdigit() else None
+    if approval is None:
+        raise NotFound(f"no request {number or '(empty)'}", code="unknown_request",
+                       number=number)
+    return approval
+
+
+# --- listing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalRow:
+    number: str
+    kind: str
+    site: str | None
+    status: str
+    about: str
+    requested_by: str
+    requested_at: datetime
+    expires_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
+    reason: str | None
+
+
+def list_approvals(session: Session, study_id: int, *, status: str | None = PENDING,
+                   actor: Actor | None = None, limit: int = 200) -> list[ApprovalRow]:
+    """Requests, newest first (pending ones by default); an actor with sites sees
+    their sites' only. Blinded: what a request is about never names an arm."""
+    query = (select(Approval, Site.code).outerjoin(Site, Site.id == Approval.site_id)
+             .where(Approval.study_id == study_id))
+    if status is not None:
+        query = query.where(Approval.status == status)
+    if actor is not None and actor.site_codes is not None:
+        query = query.where(Site.code.in_(actor.site_codes))
+    rows = []
+    for approval, site in session.execute(query.order_by(Approval.id.desc()).limit(limit)):
+        rows.append(ApprovalRow(
+            approval.number, approval.kind, site, approval.status,
+            _gate(approval.kind).describe(session, approval), approval.requested_by,
+            approval.requested_at, approval.expires_at, approval.decided_by,
+            approval.decided_at, approval.decision_reason))
+    return rows

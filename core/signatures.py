@@ -1,0 +1,110 @@
+"""Electronic signatures: the signer's user ID and PIN typed again (21 CFR 11.200).
+
+A gated or irreversible step (an emergency unblinding, an approval, a
+rejection) is signed by re-entering both components of the signer's
+identity, even inside a session that is already signed in. ``sign`` checks
+them against the user row under its lock, like signing in: a wrong pair counts
+toward the same lockout (three in a row lock the user, whatever the channel)
+and is committed even though the step itself is refused.
+
+A signature names its meaning (what is being signed, §11.50) and is recorded
+in the audit trail when made; the step it signs copies signer, time and
+meaning into its own audit row. It is valid for ``VALID_FOR`` only: a
+signature typed and then left for an hour signs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from core.actors import Actor
+from core.clock import utcnow
+from core.db import Database
+from core.errors import Refused
+from core.login import dummy_hash, locked_user_row
+from core.pins import check_pin
+from core.service import service_call
+from core.users import MAX_FAILED_ATTEMPTS
+
+VALID_FOR = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Signature:
+    user_code: str
+    name: str  # the signer's printed name (§11.50(a)(1))
+    meaning: str  # what was signed (§11.50(a)(3))
+    signed_at: datetime
+
+    @property
+    def signer(self) -> str:
+        return f"user:{self.user_code} {self.name}"
+
+    def record(self) -> dict[str, Any]:
+        """How the signed step's audit row carries the signature."""
+        return {"signer": self.signer, "meaning": self.meaning,
+                "signed_at": self.signed_at.isoformat()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "signed_at": self.signed_at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Signature:
+        return cls(**{**data, "signed_at": datetime.fromisoformat(data["signed_at"])})
+
+
+def sign(db: Database, *, user_code: str, pin: str, actor: Actor, meaning: str,
+         study: str | None = None) -> Signature:
+    """Check the signer's user ID and PIN. Refused ``bad_credentials`` (a wrong
+    pair, or another user's ID: a signature is the actor's own) or ``locked``."""
+    user_code, pin = str(user_code or "").strip(), str(pin or "").strip()
+    own = actor.user_code
+    if own is None:
+        raise Refused("only a user can sign", code="not_allowed")
+    failed = locked_now = False
+    with service_call(db, study, "sign", None, actor) as call:
+        user = locked_user_row(call.session, call.study.id, own)
+        if user is None or user.locked:
+            raise Refused(f"user {own} is locked", code="locked")
+        if user.pin_temporary:
+            raise Refused("a temporary PIN must be changed (by phone) before signing",
+                          code="pin_temporary")
+        if user_code == own:
+            right = check_pin(user.pin_hash, pin)
+        else:  # another user's ID fails like a wrong PIN, in the same time
+            check_pin(dummy_hash(), pin)
+            right = False
+        if not right:
+            user.failed_attempts += 1
+            user.locked = locked_now = user.failed_attempts >= MAX_FAILED_ATTEMPTS
+            call.audit.record("signature_failed", "user", own, reason=meaning, new={
+                "failed_attempts": user.failed_attempts, "locked": user.locked,
+                "channel": actor.channel})
+            call.finish({})
+            failed = True
+        else:
+            user.failed_attempts = 0
+            signature = Signature(user_code=own, name=user.name, meaning=meaning,
+                                  signed_at=utcnow())
+            call.audit.record("signed", "user", own, reason=meaning,
+                              new={"channel": actor.channel, "meaning": meaning})
+            call.finish({})
+    if failed:
+        if locked_now:
+            raise Refused(f"user {own} is locked", code="locked")
+        raise Refused("user ID or PIN not valid", code="bad_credentials")
+    return signature
+
+
+def require_signature(signature: Signature | None, actor: Actor) -> Signature:
+    """The signature a step needs: present, the actor's own, and recent."""
+    if signature is None:
+        raise Refused("this step must be signed with your user ID and PIN",
+                      code="signature_required")
+    if signature.user_code != actor.user_code:
+        raise Refused("a step is signed by the user who takes it", code="signature_required")
+    if utcnow() - signature.signed_at > VALID_FOR:
+        raise Refused("the signature has expired: sign again", code="signature_expired")
+    return signature
