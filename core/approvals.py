@@ -34,6 +34,7 @@ from core.errors import NotFound, Refused
 from core.models import Approval, Site
 from core.service import ServiceCall, service_call
 from core.signatures import Signature, require_signature
+from core.studies import study_ref
 
 PENDING, APPROVED, REJECTED, EXPIRED = "pending", "approved", "rejected", "expired"
 STATUSES = (PENDING, APPROVED, REJECTED, EXPIRED)
@@ -47,7 +48,7 @@ class Gate:
     transaction of the step, with the approval row locked."""
 
     kind: str
-    approver_roles: Callable[[ServiceCall], frozenset[str]]
+    approver_roles: Callable[[Session, int], frozenset[str]]  # (session, study id)
     # (call, approval, status, reason) -> details for the decision's result
     decided: Callable[[ServiceCall, Approval, str, str | None], dict[str, Any]]
     expired: Callable[[ServiceCall, Approval], None]
@@ -107,22 +108,9 @@ def decide(db: Database, *, number: str, approve: bool, actor: Actor,
         if (replay := call.replayed()) is not None:
             return Decision(**replay)
         gate = _gate(approval.kind)
-        if actor.role not in gate.approver_roles(call):
-            raise Refused(f"role {actor.role} may not {verb} {approval.kind} requests",
-                          code="not_allowed")
-        if approval.site_id is not None and actor.site_codes is not None:
-            actor.require_site(call.session.get(Site, approval.site_id).code)
+        _check(call.session, approval, actor,
+               gate.approver_roles(call.session, call.study.id), verb)
         signature = require_signature(signature, actor)
-        if approval.status != PENDING:
-            raise Refused(f"{approval.kind} request {approval.number} is {approval.status}: "
-                          f"it cannot be {verb.rstrip('e')}ed now",
-                          code=f"approval_{approval.status}", number=approval.number)
-        if as_utc(approval.expires_at) <= utcnow():
-            raise Refused(f"request {approval.number} has expired", code="approval_expired",
-                          number=approval.number)
-        if approval.requested_by == actor.label:
-            raise Refused(f"request {approval.number} is your own: another person must "
-                          f"{verb} it", code="own_request", number=approval.number)
         status = APPROVED if approve else REJECTED
         approval.status, approval.decided_by = status, actor.label
         approval.decided_at, approval.decision_reason = utcnow(), reason
@@ -133,6 +121,45 @@ def decide(db: Database, *, number: str, approve: bool, actor: Actor,
         details = gate.decided(call, approval, status, reason)
         return Decision(**call.finish({"number": approval.number, "kind": approval.kind,
                                        "status": status, "details": details}))
+
+
+def check_decider(db: Database, *, number: str, actor: Actor, study: str | None = None,
+                  approve: bool = True) -> str:
+    """Before asking for a signature: may ``actor`` decide request ``number`` now?
+    Returns its kind; refuses as ``decide`` would (nothing is written)."""
+    verb = "approve" if approve else "reject"
+    with db.reads() as session:
+        ref = study_ref(session, study)
+        number = str(number or "").strip()
+        approval = session.scalar(select(Approval).where(
+            Approval.study_id == ref.id, Approval.number == number)) \
+            if number.isdigit() else None
+        if approval is None:
+            raise NotFound(f"no request {number or '(empty)'}", code="unknown_request",
+                           number=number)
+        roles = _gate(approval.kind).approver_roles(session, ref.id)
+        _check(session, approval, actor, roles, verb)
+        return approval.kind
+
+
+def _check(session: Session, approval: Approval, actor: Actor, roles: frozenset[str],
+           verb: str) -> None:
+    """Everything but the signature that a decision must pass."""
+    if actor.role not in roles:
+        raise Refused(f"role {actor.role} may not {verb} {approval.kind} requests",
+                      code="not_allowed")
+    if approval.site_id is not None and actor.site_codes is not None:
+        actor.require_site(session.get(Site, approval.site_id).code)
+    if approval.status != PENDING:
+        raise Refused(f"{approval.kind} request {approval.number} is {approval.status}: "
+                      f"it cannot be {verb.rstrip('e')}ed now",
+                      code=f"approval_{approval.status}", number=approval.number)
+    if as_utc(approval.expires_at) <= utcnow():
+        raise Refused(f"request {approval.number} has expired", code="approval_expired",
+                      number=approval.number)
+    if approval.requested_by == actor.label:
+        raise Refused(f"request {approval.number} is your own: another person must "
+                      f"{verb} it", code="own_request", number=approval.number)
 
 
 def expire_stale(db: Database, *, study: str | None = None) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Callable
 from sqlalchemy.orm import Session
 
 from core.models import Study
-from core.reports import Report, randomization, subjects
+from core.reports import Report, randomization, subjects, unblinding
 from core.supply.dispensing_report import dispensing
 from core.supply.reports import SUPPLY_REPORTS
 
@@ -16,4 +16,5 @@ REPORTS: dict[str, Callable[[Session, Study, bool], Report]] = {
     "randomization": randomization,
     "dispensing": dispensing,
     **SUPPLY_REPORTS,
+    "unblinding": unblinding,
 }

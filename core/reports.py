@@ -16,12 +16,14 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from core.models import (
+    Approval,
     Arm,
     Randomization,
     RandomizationEvent,
     Site,
     Study,
     Subject,
+    Unblinding,
 )
 
 Report = tuple[list[str], Iterator[tuple]]
@@ -95,3 +97,44 @@ def randomization(session: Session, study: Study, blinded: bool = True) -> Repor
 
     return columns, rows()
 
+
+
+def unblinding(session: Session, study: Study, blinded: bool = True) -> Report:
+    """Every emergency unblinding event: who signed, why, when, who decided and who
+    was told the treatment. Blinded: never the arm (an unblinded view adds it)."""
+    columns = ["unblinding_number", "subject_number", "site", "mode", "reason", "status",
+               "requested_by", "requested_at", "signed_by", "signed_at", "decided_by",
+               "decided_at", "decision_reason", "revealed_to", "revealed_at"]
+    if not blinded:
+        columns.append("arm")
+    first_event = session.execute(
+        select(RandomizationEvent.id).where(RandomizationEvent.study_id == study.id)
+        .order_by(RandomizationEvent.position).limit(1)).scalar()
+    query = (
+        select(Unblinding.number, Subject.subject_number, Site.code, Unblinding.mode,
+               Unblinding.reason, Unblinding.status, Unblinding.requested_by,
+               Unblinding.requested_at, Unblinding.signed_by, Unblinding.signed_at,
+               Approval.decided_by, Approval.decided_at, Approval.decision_reason,
+               Unblinding.revealed_to, Unblinding.revealed_at, Arm.code)
+        .join(Subject, Subject.id == Unblinding.subject_id)
+        .join(Site, Site.id == Subject.site_id)
+        .outerjoin(Approval, and_(Approval.study_id == Unblinding.study_id,
+                                  Approval.kind == "unblinding",
+                                  Approval.number == Unblinding.number))
+        .outerjoin(Randomization, and_(Randomization.subject_id == Subject.id,
+                                       Randomization.event_id == first_event))
+        .outerjoin(Arm, Arm.id == Randomization.arm_id)
+        .where(Unblinding.study_id == study.id)
+        .order_by(Unblinding.id))
+
+    def rows() -> Iterator[tuple]:
+        for (number, subject, site, mode, reason, status, requested_by, requested_at,
+             signed_by, signed_at, decided_by, decided_at, decision_reason, revealed_to,
+             revealed_at, arm) in _stream(session, query):
+            row = (number, subject, site, mode, reason, status, requested_by,
+                   _utc(requested_at), signed_by, _utc(signed_at), decided_by or "",
+                   _utc(decided_at), decision_reason or "", revealed_to or "",
+                   _utc(revealed_at))
+            yield row if blinded else row + (arm or "",)
+
+    return columns, rows()

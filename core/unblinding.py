@@ -221,8 +221,8 @@ def _unblinding_for(session: Session, approval: Approval) -> Unblinding:
         .with_for_update()).scalar_one()
 
 
-def _approver_roles(call: ServiceCall) -> frozenset[str]:
-    return frozenset(_settings(call.session.get(Study, call.study.id))["approvers"])
+def _approver_roles(session: Session, study_id: int) -> frozenset[str]:
+    return frozenset(_settings(session.get(Study, study_id))["approvers"])
 
 
 def _decided(call: ServiceCall, approval: Approval, status: str,
@@ -239,7 +239,9 @@ def _decided(call: ServiceCall, approval: Approval, status: str,
         params["reason"] = reason if len(reason) <= 60 else reason[:57] + "..."
     notify(call.session, call.audit, call.study.id,
            key=f"unblinding_{status}:{unblinding.number}", kind=f"unblinding_{status}",
-           audience=f"user:{requester}", message_id=f"notify.unblinding_{status}",
+           audience=f"user:{requester}",
+           message_id=("notify.unblinding_approved" if status == APPROVED
+                       else "notify.unblinding_rejected"),
            params=params)
     return {"subject": subject.subject_number}
 

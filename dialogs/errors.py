@@ -17,6 +17,9 @@ KNOWN_ERRORS = frozenset({
     "shipment_not_due", "kit_not_in_shipment", "site_full", "unknown_site", "bad_pin",
     "pin_unchanged", "locked", "previous_event_missing", "no_randomization", "no_kit_type",
     "key_reused", "bad_state", "shipment_received",
+    # signatures and the approvals gate
+    "signature_expired", "pin_temporary", "unknown_request", "own_request",
+    "approval_approved", "approval_rejected", "approval_expired", "unblinding_pending",
 })
 # Codes that say the same thing to a site user as another code's message.
 ALIASES = {"shipment_requested": "shipment_not_due", "shipment_cancelled": "shipment_not_due"}

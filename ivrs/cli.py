@@ -172,7 +172,7 @@ def users_reset_pin(user_id, pin, study) -> None:
 @handles_errors
 def report(name, fmt, out, unblinded, user_code, study) -> None:
     """Print a report (SPEC §8): subjects, randomization, dispensing, kits,
-    site-inventory, depot-inventory, shipments, unconfirmed-kits."""
+    site-inventory, depot-inventory, shipments, unconfirmed-kits, unblinding."""
     from core.report_registry import REPORTS
     from core.studies import get_study
 

@@ -58,6 +58,7 @@ def prompt_ids() -> set[str]:
     from dialogs.voice.enrolment import REASONS
     from dialogs.voice.login import MENU_OPTIONS
     from dialogs.voice.machine import VoiceCall
+    from core.unblinding import REASONS as UNBLINDING_REASONS
     from dialogs.voice.supply import REPLACEMENT_REASONS
 
     ids = set()
@@ -72,7 +73,7 @@ def prompt_ids() -> set[str]:
     for kind, reasons in REASONS.items():
         ids |= {f"status.{kind}.{step}" for step in ("ask", "confirm", "done")}
         ids |= {f"reason.{reason}" for reason in reasons}
-    ids |= {f"reason.{reason}" for reason in REPLACEMENT_REASONS}
+    ids |= {f"reason.{reason}" for reason in (*REPLACEMENT_REASONS, *UNBLINDING_REASONS)}
     ids |= {f"subject_status.{status}" for status in SUBJECT_STATUSES}
     ids |= {f"sms.{code}" for code in KIT_REFUSALS}
     return ids

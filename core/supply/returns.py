@@ -295,7 +295,7 @@ def _describe_return(session: Session, approval: Approval) -> str:
 
 
 approvals.register(approvals.Gate(
-    "return", lambda call: APPROVER_ROLES, _return_decided, _return_expired, _describe_return))
+    "return", lambda session, study_id: APPROVER_ROLES, _return_decided, _return_expired, _describe_return))
 
 
 # --- 4. the depot receives ---------------------------------------------------------------------

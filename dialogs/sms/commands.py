@@ -16,7 +16,7 @@ from core.supply.dispensing import dispense
 from core.supply.receipt import receive_shipment
 from dialogs.errors import error_prompt
 from dialogs.output import LanguageName, Term
-from dialogs.sms.keywords import parse, parse_receipt
+from dialogs.sms.keywords import parse, parse_receipt, split
 
 MAX_KITS_PER_MESSAGE = 4  # more would not fit the reply in three segments
 
@@ -42,9 +42,15 @@ class CommandsMixin:
     def run_kept_command(self) -> None:
         """After the PIN: the command that opened the session (a greeting or an
         unknown word just gets told that the PIN was accepted)."""
-        self.command = parse(self.session.pop("pending", None))
+        kept = self.session.pop("pending", None)
+        self.command = parse(kept)
         if self.command.name in ("empty", "unknown"):
             self.say("sms.signed_in")
+        elif self.command.name in ("approve", "reject"):
+            # A decision asks for its signature: the kept text is taken as if
+            # texted now (ready -> sign).
+            self.words = split(kept)
+            self.machine.events["text"].trigger(self)
         else:
             self.run_command()
 

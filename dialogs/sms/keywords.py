@@ -21,6 +21,7 @@ from dataclasses import dataclass
 KEYWORDS = {
     "KIT": "kit", "DISP": "dispense", "RECV": "receive", "STOCK": "stock",
     "STATUS": "status", "LANG": "language", "HELP": "help",
+    "APPROVE": "approve", "REJECT": "reject",
 }
 OPT_OUT = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
 OPT_IN = frozenset({"START", "UNSTOP"})
@@ -30,22 +31,27 @@ RECEIPT_OUTCOMES = {"DAMAGED": "damaged", "MISSING": "missing"}
 # Each language's own words, as typed on a phone (upper case, accents dropped).
 ALIASES: dict[str, dict[str, str]] = {
     "fr": {"AIDE": "help", "STATUT": "status", "LANGUE": "language", "RECU": "receive",
-           "ENDOMMAGE": "damaged", "MANQUANT": "missing"},
+           "ENDOMMAGE": "damaged", "MANQUANT": "missing", "APPROUVER": "approve",
+           "REJETER": "reject"},
     "es": {"AYUDA": "help", "ESTADO": "status", "IDIOMA": "language", "RECIB": "receive",
-           "EXISTENCIAS": "stock", "DANADO": "damaged", "FALTANTE": "missing"},
+           "EXISTENCIAS": "stock", "DANADO": "damaged", "FALTANTE": "missing",
+           "APROBAR": "approve", "RECHAZAR": "reject"},
     "de": {"HILFE": "help", "SPRACHE": "language", "AUSGABE": "dispense",
            "EMPFANG": "receive", "BESTAND": "stock", "BESCHAEDIGT": "damaged",
-           "BESCHADIGT": "damaged", "FEHLT": "missing"},
+           "BESCHADIGT": "damaged", "FEHLT": "missing", "GENEHMIGEN": "approve",
+           "ABLEHNEN": "reject"},
     "it": {"AIUTO": "help", "STATO": "status", "LINGUA": "language", "RICEV": "receive",
-           "SCORTE": "stock", "DANNEGGIATO": "damaged", "MANCANTE": "missing"},
+           "SCORTE": "stock", "DANNEGGIATO": "damaged", "MANCANTE": "missing",
+           "APPROVA": "approve", "RIFIUTA": "reject"},
     "pt_BR": {"AJUDA": "help", "SITUACAO": "status", "RECEB": "receive",
-              "ESTOQUE": "stock", "DANIFICADO": "damaged", "FALTANDO": "missing"},
+              "ESTOQUE": "stock", "DANIFICADO": "damaged", "FALTANDO": "missing",
+              "APROVAR": "approve", "REJEITAR": "reject"},
     "ja": {"ヘルプ": "help", "キット": "kit", "払出": "dispense", "受領": "receive",
            "在庫": "stock", "状態": "status", "言語": "language", "破損": "damaged",
-           "紛失": "missing"},
+           "紛失": "missing", "承認": "approve", "却下": "reject"},
     "zh_CN": {"帮助": "help", "药盒": "kit", "发放": "dispense", "接收": "receive",
               "库存": "stock", "状态": "status", "语言": "language", "损坏": "damaged",
-              "缺失": "missing"},
+              "缺失": "missing", "批准": "approve", "拒绝": "reject"},
 }
 _OUTCOMES = {"damaged", "missing"}
 

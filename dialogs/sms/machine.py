@@ -8,7 +8,9 @@ A sender's session (SPEC §7) goes ``new`` -> ``pin`` -> ``ready``:
   count) and the kept command runs at once; a command sent instead of the PIN
   replaces the kept one and the PIN is asked again; a locked user or a
   temporary PIN (changed by phone first) ends the session;
-- ``ready``: each message is a command.
+- ``ready``: each message is a command;
+- ``sign``: an APPROVE or REJECT waits for its signature, the user ID and PIN
+  again (``dialogs.sms.decisions``).
 
 The session lives in the session store for 15 idle minutes (``ivrs.texts``).
 STOP and START work in every state and without the PIN: carrier rules say a
@@ -32,13 +34,14 @@ from core.errors import Refused
 from core.login import sign_in
 from dialogs.output import Say
 from dialogs.sms.commands import CommandsMixin
+from dialogs.sms.decisions import DecisionsMixin
 from dialogs.sms.keywords import Command, parse, split
 
 log = logging.getLogger("dialogs.sms")
 
 SESSION_IDLE_SECONDS = 15 * 60
 
-STATES = ["new", "pin", "ready"]
+STATES = ["new", "pin", "ready", "sign"]
 TRANSITIONS = [
     {"trigger": "text", "source": "new", "dest": "pin", "after": ["keep_command", "ask_pin"]},
     {"trigger": "text", "source": "pin", "dest": "pin", "unless": "looks_like_pin",
@@ -48,7 +51,20 @@ TRANSITIONS = [
     {"trigger": "text", "source": "pin", "dest": "new", "conditions": "sign_in_ended",
      "after": "forget_user"},
     {"trigger": "text", "source": "pin", "dest": "pin", "after": "say_pin_refused"},
+    {"trigger": "text", "source": "ready", "dest": "sign", "conditions": "decision_asked",
+     "after": "ask_signature"},
     {"trigger": "text", "source": "ready", "dest": "ready", "after": "run_command"},
+    # APPROVE/REJECT asked: the next message signs it (core.signatures)
+    {"trigger": "text", "source": "sign", "dest": "ready",
+     "conditions": ["looks_like_signature", "signature_accepted"], "after": "decide_signed"},
+    {"trigger": "text", "source": "sign", "dest": "new",
+     "conditions": ["looks_like_signature", "signer_locked"], "after": "forget_user"},
+    {"trigger": "text", "source": "sign", "dest": "ready", "conditions": "looks_like_signature",
+     "after": "say_signature_refused"},
+    {"trigger": "text", "source": "sign", "dest": "sign", "conditions": "decision_asked",
+     "after": "ask_signature"},
+    {"trigger": "text", "source": "sign", "dest": "ready",
+     "after": ["cancel_decision", "run_command"]},
 ]
 
 
@@ -67,7 +83,7 @@ def new_session(language: str | None) -> dict[str, Any]:
     return {"state": "new", "language": language or "en"}
 
 
-class TextModel(CommandsMixin):
+class TextModel(DecisionsMixin, CommandsMixin):
     machine: Machine | None = None
 
     def __init__(self, session: dict[str, Any], ctx: TextContext):
@@ -148,6 +164,7 @@ class TextModel(CommandsMixin):
 
     def forget_user(self) -> None:
         self.session.pop("pending", None)
+        self.session.pop("deciding", None)
         self.session.pop("user", None)
         self.say("error.locked" if self._sign_in == "locked" else "sms.pin_temporary")
 

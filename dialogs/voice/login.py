@@ -12,11 +12,11 @@ from dialogs.output import KEY, NUMBER, Digits, LanguageName, Say
 
 MAX_LOGIN_FAILURES = 3  # wrong user ID/PIN pairs in one call before it ends
 
-# SPEC §4: the fixed menu digits each role is offered. 7 (emergency
-# unblinding) arrives with its own flow.
+# SPEC §4: the fixed menu digits each role is offered (7, emergency
+# unblinding, to investigators only).
 MENU_OPTIONS: dict[str, tuple[str, ...]] = {
     "site_coordinator": ("1", "2", "3", "4", "5", "6", "8", "9"),
-    "investigator": ("1", "2", "3", "4", "5", "6", "8", "9"),
+    "investigator": ("1", "2", "3", "4", "5", "6", "7", "8", "9"),
     "pharmacist": ("3", "4", "5", "8", "9"),
     "project_manager": ("8", "9"),
     "depot_manager": ("8", "9"),

@@ -19,13 +19,14 @@ from typing import Any
 from transitions import Machine
 
 from dialogs.output import Turn
-from dialogs.voice import enrolment, login, supply
+from dialogs.voice import enrolment, login, supply, unblinding
 from dialogs.voice.base import CallContext, CallModel, PromptState
 
-FLOWS = (login, enrolment, supply)
+FLOWS = (login, enrolment, supply, unblinding)
 
 
-class VoiceCall(login.LoginFlow, enrolment.EnrolmentFlow, supply.SupplyFlow, CallModel):
+class VoiceCall(login.LoginFlow, enrolment.EnrolmentFlow, supply.SupplyFlow,
+                unblinding.UnblindingFlow, CallModel):
     """A call: the session's data, the flows' conditions and callbacks."""
 
 
