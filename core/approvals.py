@@ -162,16 +162,19 @@ def _check(session: Session, approval: Approval, actor: Actor, roles: frozenset[
                       f"{verb} it", code="own_request", number=approval.number)
 
 
-def expire_stale(db: Database, *, study: str | None = None) -> list[str]:
-    """Expire every pending request past its time; the numbers expired."""
+def expire_stale(db: Database, *, study: str | None = None,
+                 now: datetime | None = None) -> list[str]:
+    """Expire every pending request past its time (at ``now``, default the
+    clock's); the numbers expired."""
+    now = now or utcnow()
     with service_call(db, study, "expire_approvals", None, JOB) as call:
         stale = list(call.session.scalars(
             select(Approval).where(Approval.study_id == call.study.id,
                                    Approval.status == PENDING,
-                                   Approval.expires_at <= utcnow())
+                                   Approval.expires_at <= now)
             .order_by(Approval.id).with_for_update(skip_locked=True)))
         for approval in stale:
-            approval.status, approval.decided_at = EXPIRED, utcnow()
+            approval.status, approval.decided_at = EXPIRED, now
             call.audit.record("approval_expired", "approval", approval.number,
                               old={"status": PENDING},
                               new={"kind": approval.kind, "status": EXPIRED})

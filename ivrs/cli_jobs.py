@@ -32,6 +32,7 @@ def supply() -> None:
 def supply_run(study: str | None, today: str | None) -> None:
     """Run the expiry and resupply jobs, then the kit confirmation reminders, once and
     print what they did."""
+    from core.approvals import expire_stale
     from core.clock import today as clock_today
     from core.clock import utcnow as clock_utcnow
     from core.migrate import upgrade
@@ -56,6 +57,9 @@ def supply_run(study: str | None, today: str | None) -> None:
     now = now.replace(year=day.year, month=day.month, day=day.day)
     reminders = run_confirmation_reminders(db, study=study, now=now)
     click.echo(f"{len(reminders)} kit confirmation reminder(s)")
+    expired = expire_stale(db, study=study, now=now)
+    click.echo(f"{len(expired)} approval request(s) expired"
+               + (f": {', '.join(expired)}" if expired else ""))
     _send_if_configured(db)
 
 

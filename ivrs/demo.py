@@ -6,7 +6,8 @@ session store, exactly as Twilio would; each call is printed as the
 conversation the caller has (``ivrs>`` / ``you>``). The depot's side (the
 resupply job, the dispatch) goes through the services, as the depot's own
 tools would. Then the sponsor's view: the blinded reports and the audit
-chain's verification. Nothing printed names an arm or a kit type.
+chain's verification. Nothing printed names an arm or a kit type, except the
+one answer an emergency unblinding gives its investigator.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from core.migrate import upgrade
 from core.models import StudyPhoneNumber, Subject, User
 from core.mrl import import_mrl
 from core.reports import subjects as subjects_report
+from core.reports import unblinding as unblinding_report
 from core.studies import get_study
 from core.study_loader import load_study
 from core.supply.dispensing_report import dispensing as dispensing_report
@@ -150,6 +152,7 @@ PASTEUR = Caller("Louis Pasteur, coordinator at site 101 (Paris), who speaks Fre
                  "+33698765432", "5007", "1593")
 BERLIN = Caller("Rudolf Virchow, coordinator at site 103 (Berlin)", "+4915112345678", "5003",
                 "8642")
+MANAGER = Caller("Florence Nightingale, project manager", "+447700900456", "6001", "3579")
 DEPOT = "[depot 90, user 7001]"
 
 # Keypad answers of the demo study's randomization questions.
@@ -213,14 +216,19 @@ class DemoLine:
         return replies
 
     def outbox(self, caller: Caller) -> list[str]:
-        """The SMS the system has queued for a caller (sent by Twilio when configured)."""
+        """The SMS the system has queued for a caller (sent by Twilio when configured):
+        to them by name, to their role or to their sites."""
+        from core.deliveries import audience_users
         from core.supply.models import Notification
         from ivrs.notify import render
 
         with self.app.extensions["ivrs"].db.sessions() as session:
             user = session.scalars(select(User).where(User.user_code == caller.user)).one()
+            audiences = session.scalars(select(Notification.audience).distinct()).all()
+            theirs = [audience for audience in audiences
+                      if user in audience_users(session, user.study_id, audience)]
             queued = session.scalars(select(Notification).where(
-                Notification.audience == f"user:{caller.user}").order_by(Notification.id)).all()
+                Notification.audience.in_(theirs)).order_by(Notification.id)).all()
             messages = [render(notification, user) for notification in queued]
         for message in messages:
             self.echo(f"[SMS to {caller.phone}] {message}")
@@ -325,6 +333,22 @@ def paris_ineligible_subject(run: DemoRun) -> None:
     call.hang_up()
 
 
+def barcelona_unblinds(run: DemoRun) -> None:
+    """Menu 7, in Spanish: the investigator signs (user ID and PIN again), gives the
+    reason and hears the treatment; the project manager is told that it happened."""
+    subject = run.subjects["102"][0]
+    call = run.line.call(BARCELONA, f"Barcelona: emergency unblinding of subject {subject}")
+    enter_subject(call, "7", subject)
+    call.press(f"{BARCELONA.user}#")  # the signature: user ID ...
+    call.press(f"{BARCELONA.pin}#")  # ... and PIN again
+    call.press("1")  # reason: a medical emergency
+    call.press("1")  # unblind now
+    call.hang_up()
+    run.echo("")
+    run.echo("== the SMS the unblinding queued for the project manager (not the treatment)")
+    run.line.outbox(MANAGER)
+
+
 def depot_ships(run: DemoRun) -> None:
     """The depot's side is not a phone call: the resupply job, then the dispatch."""
     run.echo("")
@@ -377,6 +401,7 @@ SCENES: tuple[Callable[[DemoRun], None], ...] = (
     paris_receives,
     berlin_receives_by_sms,
     paris_visit_2,
+    barcelona_unblinds,
 )
 
 
@@ -399,7 +424,8 @@ def print_reports(db: Database, echo: Callable[[str], None]) -> None:
     with db.sessions() as session:
         study = get_study(session, STUDY_CODE)
         for title, report in (("subjects", subjects_report), ("site-inventory", site_inventory),
-                              ("dispensing", dispensing_report)):
+                              ("dispensing", dispensing_report),
+                              ("unblinding", unblinding_report)):
             echo(f"== {title} report (blinded)")
             columns, rows = report(session, study, True)
             echo(_csv(columns, rows))

@@ -1,6 +1,7 @@
 """The supply job on a schedule inside ``ivrs serve`` (SPEC §2).
 
-``ivrs supply run`` runs the expiry, resupply and kit-reminder jobs once; a server
+``ivrs supply run`` runs the expiry, resupply and kit-reminder jobs once (and
+expires the approval requests nobody decided in time); a server
 runs the same core jobs every day at ``IVRS_SUPPLY_AT`` (UTC "HH:MM",
 default 02:00; ``off`` disables it). One thread per server does it: gunicorn's
 master starts it from its ``when_ready`` hook (never once per worker), the dev
@@ -38,6 +39,7 @@ from datetime import UTC, datetime, time, timedelta
 # this thread lives, and a fork while a thread holds an import lock can hang the child.
 from sqlalchemy import select, text
 
+from core.approvals import expire_stale
 from core.clock import today
 from core.db import Database
 from core.models import Study
@@ -140,13 +142,14 @@ def _run_study(db, code: str) -> StudyRun:
     expiry = run_expiry(db, study=code, today=day)
     shipments = run_resupply(db, study=code, today=day)
     reminders = run_confirmation_reminders(db, study=code)
+    expired = expire_stale(db, study=code)
     # Blinded like ``ivrs supply run``: a shipment's total, never per kit type.
     for shipment in shipments:
         log.info("study %s: shipment %s to site %s (%s): %d kits", code,
                  shipment.shipment_number, shipment.site, shipment.reason, shipment.kits)
     log.info("study %s, %s: %d kit(s) expired, %d expiry warning(s), %d shipment(s) requested,"
-             " %d kit confirmation reminder(s)", code, day.isoformat(), expiry.expired,
-             expiry.warnings, len(shipments), len(reminders))
+             " %d kit confirmation reminder(s), %d request(s) expired", code, day.isoformat(),
+             expiry.expired, expiry.warnings, len(shipments), len(reminders), len(expired))
     return StudyRun(code, expiry.expired, expiry.warnings, len(shipments))
 
 
