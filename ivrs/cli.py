@@ -255,13 +255,12 @@ def demo(directory: str | None) -> None:
     run_demo(directory or "ivrs-demo", echo=click.echo)
 
 
-import ivrs.cli_supply  # noqa: E402,F401  (registers `kits` and `shipments`)
+import ivrs.cli_approvals  # noqa: E402,F401  (registers `approvals`)
+import ivrs.cli_call  # noqa: E402,F401  (registers `call`)
 import ivrs.cli_jobs  # noqa: E402,F401  (registers `supply run` and `outbox`)
 import ivrs.cli_serve  # noqa: E402,F401  (registers `serve`)
-
-
-import ivrs.cli_call  # noqa: E402,F401  (registers `call`)
 import ivrs.cli_sms  # noqa: E402,F401  (registers `sms`)
-import ivrs.cli_approvals  # noqa: E402,F401  (registers `approvals`)
+import ivrs.cli_supply  # noqa: E402,F401  (registers `kits` and `shipments`)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -52,13 +52,13 @@ SUBJECT_STATUSES = ("screened", "screen_failed", "randomized", "discontinued")
 
 def prompt_ids() -> set[str]:
     """The ids the voice and SMS dialogs (and ``ivrs/``) can say."""
+    from core.unblinding import REASONS as UNBLINDING_REASONS
     from dialogs.errors import KNOWN_ERRORS
     from dialogs.sms.commands import KIT_REFUSALS
     from dialogs.sms.machine import TextModel
     from dialogs.voice.enrolment import REASONS
     from dialogs.voice.login import MENU_OPTIONS
     from dialogs.voice.machine import VoiceCall
-    from core.unblinding import REASONS as UNBLINDING_REASONS
     from dialogs.voice.supply import REPLACEMENT_REASONS
 
     ids = set()

@@ -9,7 +9,6 @@ import csv
 import io
 from datetime import date, timedelta
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 from voice import BARCELONA, PARIS, TODAY, says
