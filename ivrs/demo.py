@@ -152,7 +152,7 @@ PASTEUR = Caller("Louis Pasteur, coordinator at site 101 (Paris), who speaks Fre
                  "+33698765432", "5007", "1593")
 BERLIN = Caller("Rudolf Virchow, coordinator at site 103 (Berlin)", "+4915112345678", "5003",
                 "8642")
-MANAGER = Caller("Florence Nightingale, project manager", "+447700900456", "6001", "3579")
+MANAGER = Caller("Florence Nightingale, project manager", "+447700900456", "6050", "3579")
 DEPOT = "[depot 90, user 7001]"
 
 # Keypad answers of the demo study's randomization questions.

@@ -102,15 +102,15 @@ def test_supply_run_and_outbox(run, db):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{TODAY}: 2 kit(s) expired, 0 expiry warning(s)"
-    assert lines[1:-1] == [f"shipment {number} to site {site} (initial): 12 kits"
+    assert lines[1:-2] == [f"shipment {number} to site {site} (initial): 12 kits"
                            for number, site in (("500001", "101"), ("500002", "102"),
                                                 ("500003", "103"))]
-    assert lines[-1] == "0 kit confirmation reminder(s)"
+    assert lines[-2:] == ["0 kit confirmation reminder(s)", "0 approval request(s) expired"]
     assert "KA" not in result.output and "KP" not in result.output
 
     again = run("supply", "run", "--today", TODAY.isoformat())
     assert again.exit_code == 0 and again.output.splitlines()[1:] == [
-        "no shipment needed", "0 kit confirmation reminder(s)"]
+        "no shipment needed", "0 kit confirmation reminder(s)", "0 approval request(s) expired"]
 
     outbox = run("outbox")
     assert outbox.exit_code == 0

@@ -25,6 +25,8 @@ from sqlalchemy import select
 from studyfiles import DATA, MRL_CSV, signed, write_study
 
 from core.actors import Actor, actor_for_user
+from core.approvals import decide, expire_stale
+from core.clock import utcnow
 from core.errors import Refused
 from core.models import Arm, Study
 from core.mrl import import_mrl
@@ -39,6 +41,7 @@ from core.supply.receipt import receive_shipment
 from core.supply.resupply import run_resupply
 from core.supply.returns import approve_return, declare_return, reject_return
 from core.supply.shipments import dispatch_shipment
+from core.unblinding import unblind
 from dialogs.output import LanguageName, Say, Term
 from ivrs import speech
 from ivrs.sms_text import MAX_SEGMENTS, is_gsm7, segments
@@ -91,7 +94,9 @@ LONGEST = {
     "languages": " ".join(speech.SAY_LANGUAGES),  # every language a study may speak
     "carrier": "United Parcel Service",  # free text (String(100)): the longest common name
     "tracking": "9" * 30,  # carriers' tracking numbers run to 10-30 characters
-    "reason": "r" * 60,  # a return's rejection reason, cut to 60 by core.supply.returns
+    "reason": "r" * 60,  # a rejection's reason, cut to 60 (core.supply.returns, core.unblinding)
+    "number": "9" * 8,  # an approval request's number: 800001, 800002 ... (core.unblinding)
+    "user": "9" * 10,  # a user ID: digits typed on a keypad
 }
 # Free text at its column's size: too long for one segment, never more than three.
 COLUMN_MAXIMA = {"carrier": "C" * 100, "tracking": "T" * 100}
@@ -104,6 +109,8 @@ MULTI_SEGMENT = {
     "sms.kit_confirm_reminder": 2,
     "sms.dispensed": 2,
     "sms.wrong_kit": 2,
+    # the request's number twice (in the APPROVE/REJECT to text back), subject and site
+    "notify.unblinding_requested": 2,
 }
 
 
@@ -201,6 +208,7 @@ M_LT65 = {"SEX": "M", "AGE": "LT65"}
 # Site 103 wants far more KA kits than the depot holds: its shipments fall short.
 SHORT_SITE_103 = ('timezone: Europe/Berlin, depot: "90"}',
                   'timezone: Europe/Berlin, depot: "90", resupply: {KA: {trigger: 4, target: 30}}}')
+APPROVAL_MODE = ("unblinding: {mode: investigator}", "unblinding: {mode: approval}")
 
 
 def user(db, code: str) -> Actor:
@@ -257,7 +265,7 @@ def revealed(text: str, codes: list[str], names: list[str]) -> list[str]:
 def supplied(db, tmp_path, monkeypatch):
     """The example study after every operation that notifies someone."""
     monkeypatch.setenv("IVRS_TODAY", TODAY.isoformat())
-    load_study(db, write_study(tmp_path, SHORT_SITE_103))
+    load_study(db, write_study(tmp_path, SHORT_SITE_103, APPROVAL_MODE))
     import_mrl(db, MRL_CSV)
     import_kits(db, DATA / "kits.csv")  # depot 90: 20 KA, 20 KP; site 101: 2 of each
     # Randomization at sites without kits: an urgent shipment for 102, a short depot for 103.
@@ -273,8 +281,9 @@ def supplied(db, tmp_path, monkeypatch):
     damaged, missing, *_ = kits_in(db, number)
     receive_shipment(db, shipment_number=number, actor=user(db, "5001"), damaged=[damaged],
                      missing=[missing])
-    assert enrol(db, "101", "5001").kits  # the kit-number confirmation request
-    first, second, third, *_ = available_at(db, "101")
+    enrolled = enrol(db, "101", "5001")
+    assert enrolled.kits  # the kit-number confirmation request
+    first, second, third, fourth, *_ = available_at(db, "101")
     approved = declare_return(db, site_code="101", kit_numbers=[first, second],
                               reason="site close-out", actor=user(db, "5001")).return_number
     approve_return(db, return_number=approved, actor=user(db, "5006"), signature=signed(db, "5006"))
@@ -282,6 +291,24 @@ def supplied(db, tmp_path, monkeypatch):
                               actor=user(db, "5001")).return_number
     reject_return(db, return_number=rejected, reason="still in date: keep using it",
                   actor=user(db, "5006"), signature=signed(db, "5006"))
+    # Emergency unblinding in mode approval: requested, approved, revealed; rejected;
+    # and a request nobody decides expires, with a return nobody decides.
+    investigator = user(db, "5002")
+
+    def request_unblinding() -> str:
+        return unblind(db, subject_number=enrolled.subject_number, reason="other",
+                       signature=signed(db, "5002"), actor=investigator).number
+
+    unblinding = request_unblinding()
+    decide(db, number=unblinding, approve=True, actor=user(db, "5006"),
+           signature=signed(db, "5006"))
+    request_unblinding()  # the approved request: revealed to the requester
+    decide(db, number=request_unblinding(), approve=False, reason="not an emergency",
+           actor=user(db, "5006"), signature=signed(db, "5006"))
+    request_unblinding()
+    declare_return(db, site_code="101", kit_numbers=[fourth], reason="r",
+                   actor=user(db, "5001"))
+    assert len(expire_stale(db, now=utcnow() + timedelta(days=30))) == 2
     # Four years on, the first lots (June 2030) are about to expire at the depot and at 101.
     assert run_expiry(db, today=date(2030, 6, 15)).warnings >= 2
     return db

@@ -24,7 +24,7 @@ from core.supply.models import Notification
 from core.users import add_user
 
 STUDY = "DEMO-301"
-MANAGER = "+447700900456"  # user 6001, project manager, PIN 3579
+MANAGER = "+447700900456"  # user 6050, project manager, PIN 3579
 RAMON = Actor(role="investigator", user_code="5002", site_codes=frozenset({"102"}),
               channel="voice")
 ARM_WORDS = ("Drug X", "Placebo", "KA", "KP")
@@ -255,11 +255,11 @@ def test_approval_mode_request_by_phone_approval_by_sms_then_the_arm_by_phone(vo
     reply = texter.send("3579")
     assert f"To sign the approval of request {number}, reply with your user ID and PIN" \
         in reply.text, reply.text
-    reply = texter.send("6001 3579")
+    reply = texter.send("6050 3579")
     assert f"Request {number} approved and signed." in reply.text, reply.text
     (decided,) = audit(voice.db, "approval_approved")
-    assert decided.actor == "user:6001"
-    assert decided.new["signature"]["signer"] == "user:6001 Florence Nightingale"
+    assert decided.actor == "user:6050"
+    assert decided.new["signature"]["signer"] == "user:6050 Florence Nightingale"
     assert decided.new["signature"]["meaning"] == f"approve request {number}"
     (told,) = notifications(voice.db, "unblinding_approved")
     assert told.audience == "user:5002" and told.params == {"number": number,
@@ -288,15 +288,15 @@ def test_a_rejection_by_sms_needs_a_reason_and_tells_the_requester(voice, tmp_pa
     assert "Send REJECT, the request number and a reason" in reply.text, reply.text
     reply = texter.send(f"REJECT {number} not an emergency")
     assert "To sign the rejection" in reply.text, reply.text
-    reply = texter.send("6001 1111")  # a wrong PIN: nothing decided, counted
+    reply = texter.send("6050 1111")  # a wrong PIN: nothing decided, counted
     assert reply.text == "User ID or PIN not valid: nothing was decided."
-    assert failed_attempts(voice.db, "6001") == (1, False)
+    assert failed_attempts(voice.db, "6050") == (1, False)
     assert [r.status for r in unblinding_rows(voice.db)] == ["pending"]
     texter.send(f"REJECT {number} not an emergency")
     reply = texter.send("HELP")  # anything but a signature cancels
     assert "Not signed: nothing was decided." in reply.text and "Commands" in reply.text
     texter.send(f"REJECT {number} not an emergency")
-    reply = texter.send("6001 3579")
+    reply = texter.send("6050 3579")
     assert f"Request {number} rejected and signed." in reply.text, reply.text
     assert [r.status for r in unblinding_rows(voice.db)] == ["rejected"]
     (told,) = notifications(voice.db, "unblinding_rejected")
@@ -359,11 +359,11 @@ def test_cli_approvals_list_approve_and_expiry(voice, tmp_path, database_env, mo
         (other, "unblinding", "102", "pending"), (number, "unblinding", "102", "pending")]
     assert rows[1]["about"] == f"emergency unblinding of subject {first} (medical emergency)"
     assert not any(word in listed.output for word in ARM_WORDS)
-    result = runner.invoke(main, ["approvals", "approve", number, "--user", "6001"],
+    result = runner.invoke(main, ["approvals", "approve", number, "--user", "6050"],
                            env={"IVRS_PIN": "3579"}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert f"unblinding request {number} approved, signed by user:6001" in result.output
-    result = runner.invoke(main, ["approvals", "approve", number, "--user", "6001"],
+    assert f"unblinding request {number} approved, signed by user:6050" in result.output
+    result = runner.invoke(main, ["approvals", "approve", number, "--user", "6050"],
                            env={"IVRS_PIN": "3579"})
     assert result.exit_code == 1
     assert f"request {number} is approved: it cannot be approved now" in result.output
@@ -374,6 +374,6 @@ def test_cli_approvals_list_approve_and_expiry(voice, tmp_path, database_env, mo
     (told,) = notifications(voice.db, "unblinding_expired")
     assert told.audience == "user:5002" and told.params["number"] == other
     assert expire_stale(voice.db, study=STUDY) == []
-    result = runner.invoke(main, ["approvals", "approve", other, "--user", "6001"],
+    result = runner.invoke(main, ["approvals", "approve", other, "--user", "6050"],
                            env={"IVRS_PIN": "3579"})
     assert result.exit_code == 1 and "expired" in result.output
