@@ -42,15 +42,20 @@ def _stream(session: Session, query) -> Iterable:
     return session.execute(query.execution_options(yield_per=BATCH))
 
 
+def _first_event(session: Session, study: Study) -> int | None:
+    """The study's first randomization event: the one a subject's row reports."""
+    return session.execute(
+        select(RandomizationEvent.id).where(RandomizationEvent.study_id == study.id)
+        .order_by(RandomizationEvent.position).limit(1)).scalar()
+
+
 def subjects(session: Session, study: Study, blinded: bool = True) -> Report:
     """One row per subject; randomization columns from the first randomization event."""
     columns = ["subject_number", "site", "status", "randomization_number", "randomized_at",
                "screened_at"]
     if not blinded:
         columns.append("arm")
-    first_event = session.execute(
-        select(RandomizationEvent.id).where(RandomizationEvent.study_id == study.id)
-        .order_by(RandomizationEvent.position).limit(1)).scalar()
+    first_event = _first_event(session, study)
     query = (
         select(Subject.subject_number, Site.code, Subject.status,
                Randomization.randomization_number, Randomization.randomized_at,
@@ -107,9 +112,7 @@ def unblinding(session: Session, study: Study, blinded: bool = True) -> Report:
                "decided_at", "decision_reason", "revealed_to", "revealed_at"]
     if not blinded:
         columns.append("arm")
-    first_event = session.execute(
-        select(RandomizationEvent.id).where(RandomizationEvent.study_id == study.id)
-        .order_by(RandomizationEvent.position).limit(1)).scalar()
+    first_event = _first_event(session, study)
     query = (
         select(Unblinding.number, Subject.subject_number, Site.code, Unblinding.mode,
                Unblinding.reason, Unblinding.status, Unblinding.requested_by,
