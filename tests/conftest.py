@@ -91,6 +91,17 @@ def db(tmp_path):
 
 
 @pytest.fixture
+def embedded_db(tmp_path):
+    """Always SQLite: for statistical tests of a method's choices (thousands of
+    sequential assignments), whose outcome does not depend on the database; the
+    PostgreSQL run covers the same code under concurrency elsewhere."""
+    database = Database(f"sqlite:///{tmp_path / 'embedded.sqlite3'}")
+    upgrade(database.engine)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
 def pg_db(tmp_path):
     """PostgreSQL only (concurrency tests); skipped on SQLite."""
     if not PG_URL:

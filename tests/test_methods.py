@@ -62,7 +62,8 @@ def test_list_exhausted_is_refused_and_changes_nothing(db):
 
 
 @pytest.mark.parametrize("sizes,ratio", [([4], {"A": 1, "P": 1}), ([3, 6], {"A": 2, "P": 1})])
-def test_block_balanced_at_every_block_boundary(db, sizes, ratio):
+def test_block_balanced_at_every_block_boundary(embedded_db, sizes, ratio):
+    db = embedded_db  # a statistical property: the same on any database
     make_study(db, code="B", method="block", ratio=ratio,
                params={"block": {"sizes": sizes, "seed": 42}})
     for _ in range(36):
@@ -105,7 +106,8 @@ def test_block_same_seed_same_sequence(db, tmp_path):
     assert results["B1"] == expected[:20]
 
 
-def test_simple_distribution_matches_ratio(db):
+def test_simple_distribution_matches_ratio(embedded_db):
+    db = embedded_db  # a statistical property: the same on any database
     make_study(db, code="S", method="simple", ratio={"A": 3, "P": 1}, params={"seed": 5},
                factors={})
     arms = Counter(enroll(db, "S", {}).arm for _ in range(400))
@@ -141,7 +143,8 @@ MINIMIZATION_BOUND = 12
 
 
 @pytest.mark.parametrize("imbalance", ["range", "variance"])
-def test_minimization_keeps_marginal_imbalance_bounded(db, imbalance):
+def test_minimization_keeps_marginal_imbalance_bounded(embedded_db, imbalance):
+    db = embedded_db  # a statistical property: the same on any database
     make_study(db, code="M", method="minimization", factors=MINIMIZATION_FACTORS,
                params={"minimization": {"p": 0.8, "imbalance": imbalance}, "seed": 17})
     rng = random.Random(3)
@@ -184,7 +187,8 @@ def test_minimization_records_a_replayable_draw(db):
                                  "range") == draw["imbalance"]
 
 
-def test_minimization_ratio_aware(db):
+def test_minimization_ratio_aware(embedded_db):
+    db = embedded_db  # a statistical property: the same on any database
     make_study(db, code="M", method="minimization", ratio={"A": 2, "P": 1},
                params={"minimization": {"p": 0.9}, "seed": 8})
     rng = random.Random(5)
