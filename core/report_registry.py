@@ -16,13 +16,17 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from core.audit_reports import audit, chain_notes, user_activity
 from core.models import Study
 from core.report_charts import Chart
 from core.reports import Report, randomization, subjects, unblinding
 from core.supply.dispensing_report import dispensing
+from core.supply.overview import stock_chart, supply_overview
 from core.supply.reports import SUPPLY_REPORTS
 
 FILTERS = frozenset({"site", "start", "end"})
+SITE = frozenset({"site"})
+DATES = frozenset({"start", "end"})
 
 
 @dataclass(frozen=True)
@@ -36,17 +40,24 @@ class ReportSpec:
     chart: Callable[[Session, Study, bool], Chart] | None = None
 
 
+# Dates filter on each report's main date: subjects screened_at, randomization
+# randomized_at, dispensing dispensed_at, shipments created_at, unblinding
+# requested_at, audit and user-activity the audit rows' at.
 SPECS: dict[str, ReportSpec] = {
-    "subjects": ReportSpec("Subjects", subjects),
-    "randomization": ReportSpec("Randomization", randomization),
-    "dispensing": ReportSpec("Dispensing", dispensing),
-    "kits": ReportSpec("Kits", SUPPLY_REPORTS["kits"]),
-    "site-inventory": ReportSpec("Site inventory", SUPPLY_REPORTS["site-inventory"]),
+    "subjects": ReportSpec("Subjects", subjects, FILTERS),
+    "randomization": ReportSpec("Randomization", randomization, FILTERS),
+    "dispensing": ReportSpec("Dispensing", dispensing, FILTERS),
+    "kits": ReportSpec("Kits", SUPPLY_REPORTS["kits"], SITE),
+    "site-inventory": ReportSpec("Site inventory", SUPPLY_REPORTS["site-inventory"], SITE),
     "depot-inventory": ReportSpec("Depot inventory", SUPPLY_REPORTS["depot-inventory"]),
-    "shipments": ReportSpec("Shipments", SUPPLY_REPORTS["shipments"]),
+    "shipments": ReportSpec("Shipments", SUPPLY_REPORTS["shipments"], FILTERS),
     "unconfirmed-kits": ReportSpec("Kits awaiting confirmation",
-                                   SUPPLY_REPORTS["unconfirmed-kits"]),
-    "unblinding": ReportSpec("Emergency unblinding", unblinding),
+                                   SUPPLY_REPORTS["unconfirmed-kits"], SITE),
+    "unblinding": ReportSpec("Emergency unblinding", unblinding, FILTERS),
+    "audit": ReportSpec("Audit trail", audit, DATES, notes=chain_notes),
+    "user-activity": ReportSpec("User activity", user_activity, DATES, notes=chain_notes),
+    "supply-overview": ReportSpec("Supply overview", supply_overview, SITE,
+                                  chart=stock_chart),
 }
 
 # name -> builder, for callers that only want the rows

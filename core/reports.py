@@ -1,18 +1,20 @@
 """Reports as streams of rows (SPEC §8): nothing loads a whole table.
 
-Each report is a function ``(session, study, blinded) -> (columns, rows)`` (the
-registry by name is ``core.report_registry.REPORTS``) where
-rows is an iterator of tuples fetched in batches. Blinded (the default) leaves
-out every column from which an arm could be derived; the unblinded columns are
-appended at the end, so the blinded report is a prefix of the unblinded one.
+Each report is a function ``(session, study, blinded, **filters) -> (columns,
+rows)`` (the registry by name is ``core.report_registry.SPECS``) where rows is an
+iterator of tuples fetched in batches. Blinded (the default) leaves out every
+column from which an arm could be derived; the unblinded columns are appended at
+the end, so the blinded report is a prefix of the unblinded one. Filters are
+keyword-only and default to None (everything): ``site`` (a site code) and
+``start``/``end`` (dates, both inclusive, on the report's main date in UTC).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Iterator
 
-from sqlalchemy import and_, select
+from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.orm import Session
 
 from core.models import (
@@ -38,6 +40,21 @@ def _utc(moment: datetime | None) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def within_days(column, start: date | None, end: date | None) -> list[ColumnElement[bool]]:
+    """Conditions keeping a UTC timestamp column between two dates, both inclusive
+    (``end`` takes the whole day: before the next midnight). None: no bound."""
+    conditions = []
+    if start is not None:
+        conditions.append(column >= _midnight(start))
+    if end is not None:
+        conditions.append(column < _midnight(end + timedelta(days=1)))
+    return conditions
+
+
 def _stream(session: Session, query) -> Iterable:
     return session.execute(query.execution_options(yield_per=BATCH))
 
@@ -49,8 +66,10 @@ def _first_event(session: Session, study: Study) -> int | None:
         .order_by(RandomizationEvent.position).limit(1)).scalar()
 
 
-def subjects(session: Session, study: Study, blinded: bool = True) -> Report:
-    """One row per subject; randomization columns from the first randomization event."""
+def subjects(session: Session, study: Study, blinded: bool = True, *, site: str | None = None,
+             start: date | None = None, end: date | None = None) -> Report:
+    """One row per subject; randomization columns from the first randomization event.
+    Dates filter on ``screened_at``."""
     columns = ["subject_number", "site", "status", "randomization_number", "randomized_at",
                "screened_at"]
     if not blinded:
@@ -64,20 +83,27 @@ def subjects(session: Session, study: Study, blinded: bool = True) -> Report:
         .outerjoin(Randomization, and_(Randomization.subject_id == Subject.id,
                                        Randomization.event_id == first_event))
         .outerjoin(Arm, Arm.id == Randomization.arm_id)
-        .where(Subject.study_id == study.id)
+        .where(Subject.study_id == study.id,
+               *within_days(Subject.screened_at, start, end))
         .order_by(Subject.subject_number)
     )
+    if site is not None:
+        query = query.where(Site.code == site)
 
     def rows() -> Iterator[tuple]:
-        for number, site, status, rand_no, rand_at, screened_at, arm in _stream(session, query):
-            row = (number, site, status, rand_no or "", _utc(rand_at), _utc(screened_at))
+        for (number, site_code, status, rand_no, rand_at, screened_at,
+             arm) in _stream(session, query):
+            row = (number, site_code, status, rand_no or "", _utc(rand_at), _utc(screened_at))
             yield row if blinded else row + (arm or "",)
 
     return columns, rows()
 
 
-def randomization(session: Session, study: Study, blinded: bool = True) -> Report:
-    """One row per randomization (several per subject when re-randomized)."""
+def randomization(session: Session, study: Study, blinded: bool = True, *,
+                  site: str | None = None, start: date | None = None,
+                  end: date | None = None) -> Report:
+    """One row per randomization (several per subject when re-randomized). Dates
+    filter on ``randomized_at``."""
     columns = ["randomization_number", "subject_number", "site", "event", "stratum",
                "randomized_at", "randomized_by"]
     if not blinded:
@@ -91,22 +117,28 @@ def randomization(session: Session, study: Study, blinded: bool = True) -> Repor
         .join(Site, Site.id == Subject.site_id)
         .join(RandomizationEvent, RandomizationEvent.id == Randomization.event_id)
         .join(Arm, Arm.id == Randomization.arm_id)
-        .where(Randomization.study_id == study.id)
+        .where(Randomization.study_id == study.id,
+               *within_days(Randomization.randomized_at, start, end))
         .order_by(Randomization.randomized_at, Randomization.id)
     )
+    if site is not None:
+        query = query.where(Site.code == site)
 
     def rows() -> Iterator[tuple]:
-        for number, subject, site, event, stratum, at, by, arm, method in _stream(session, query):
-            row = (number, subject, site, event, stratum, _utc(at), by or "")
+        for (number, subject, site_code, event, stratum, at, by, arm,
+             method) in _stream(session, query):
+            row = (number, subject, site_code, event, stratum, _utc(at), by or "")
             yield row if blinded else row + (arm, method)
 
     return columns, rows()
 
 
-
-def unblinding(session: Session, study: Study, blinded: bool = True) -> Report:
+def unblinding(session: Session, study: Study, blinded: bool = True, *,
+               site: str | None = None, start: date | None = None,
+               end: date | None = None) -> Report:
     """Every emergency unblinding event: who signed, why, when, who decided and who
-    was told the treatment. Blinded: never the arm (an unblinded view adds it)."""
+    was told the treatment. Blinded: never the arm (an unblinded view adds it).
+    Dates filter on ``requested_at``."""
     columns = ["unblinding_number", "subject_number", "site", "mode", "reason", "status",
                "requested_by", "requested_at", "signed_by", "signed_at", "decided_by",
                "decided_at", "decision_reason", "revealed_to", "revealed_at"]
@@ -127,14 +159,17 @@ def unblinding(session: Session, study: Study, blinded: bool = True) -> Report:
         .outerjoin(Randomization, and_(Randomization.subject_id == Subject.id,
                                        Randomization.event_id == first_event))
         .outerjoin(Arm, Arm.id == Randomization.arm_id)
-        .where(Unblinding.study_id == study.id)
+        .where(Unblinding.study_id == study.id,
+               *within_days(Unblinding.requested_at, start, end))
         .order_by(Unblinding.id))
+    if site is not None:
+        query = query.where(Site.code == site)
 
     def rows() -> Iterator[tuple]:
-        for (number, subject, site, mode, reason, status, requested_by, requested_at,
+        for (number, subject, site_code, mode, reason, status, requested_by, requested_at,
              signed_by, signed_at, decided_by, decided_at, decision_reason, revealed_to,
              revealed_at, arm) in _stream(session, query):
-            row = (number, subject, site, mode, reason, status, requested_by,
+            row = (number, subject, site_code, mode, reason, status, requested_by,
                    _utc(requested_at), signed_by, _utc(signed_at), decided_by or "",
                    _utc(decided_at), decision_reason or "", revealed_to or "",
                    _utc(revealed_at))

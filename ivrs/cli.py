@@ -218,7 +218,7 @@ def report(name, fmt, out, unblinded, user_code, site, start, end, study) -> Non
             generated_at=utcnow(), generated_by=generated_by, blinded=not unblinded,
             filters={key: str(value) for key, value in filters.items()},
             notes=spec.notes(session, study_row) if spec.notes else [])
-        chart = spec.chart(session, study_row, not unblinded) \
+        chart = spec.chart(session, study_row, not unblinded, **filters) \
             if spec.chart is not None and fmt == "pdf" else None
         if out is None:
             write_report(fmt, sys.stdout, header, columns, rows, chart)
@@ -289,6 +289,7 @@ def demo(directory: str | None) -> None:
 
 import ivrs.cli_approvals  # noqa: E402,F401  (registers `approvals`)
 import ivrs.cli_call  # noqa: E402,F401  (registers `call`)
+import ivrs.cli_export  # noqa: E402,F401  (registers `export`)
 import ivrs.cli_jobs  # noqa: E402,F401  (registers `supply run` and `outbox`)
 import ivrs.cli_serve  # noqa: E402,F401  (registers `serve`)
 import ivrs.cli_sms  # noqa: E402,F401  (registers `sms`)

@@ -1,11 +1,10 @@
 """Supply reports (SPEC §8): ``kits``, ``site-inventory``, ``depot-inventory``, ``shipments``,
 ``unconfirmed-kits``.
 
-Same shape as ``core.reports``: ``(session, study, blinded) -> (columns, rows)``
-with rows streamed in batches, and the unblinded columns appended at the end so
-the blinded report is a prefix of the unblinded one. Registered in
-``core.reports.REPORTS`` (this module imports nothing from there, so either can
-be imported first).
+Same shape as ``core.reports``: ``(session, study, blinded, **filters) -> (columns,
+rows)`` (filters keyword-only, None for everything) with rows streamed in
+batches, and the unblinded columns appended at the end so the blinded report is
+a prefix of the unblinded one. Registered in ``core.report_registry``.
 
 Blinding: a kit type maps to an arm, so kit types and anything tied to one
 kit type stay out of blinded output. That includes the lot code: a lot belongs
@@ -27,7 +26,12 @@ from sqlalchemy.orm import Session, aliased
 
 from core.clock import as_utc, utcnow
 from core.models import Depot, Site, Study, Subject
-from core.reports import BATCH, Report, _utc  # noqa: E402  (one UTC format for every report)
+from core.reports import (  # one UTC format and one date filter for every report
+    BATCH,
+    Report,
+    _utc,
+    within_days,
+)
 from core.supply.lifecycle import ASSIGNED
 from core.supply.models import Kit, KitType, Lot, Shipment, ShipmentKit
 
@@ -40,10 +44,12 @@ def _stream(session: Session, query) -> Iterator:
     return iter(session.execute(query.execution_options(yield_per=BATCH)))
 
 
-def kits(session: Session, study: Study, blinded: bool = True) -> Report:
+def kits(session: Session, study: Study, blinded: bool = True, *,
+         site: str | None = None) -> Report:
     """One row per kit. ``location`` is the kit's depot or site code (for a kit
     given to a subject, the subject's site); empty while in transit or missing
-    on the way (``shipment_number`` says which shipment)."""
+    on the way (``shipment_number`` says which shipment). ``site`` keeps the kits
+    whose location is that site."""
     columns = ["kit_number", "location", "status", "expiry_date", "subject_number",
                "shipment_number"]
     if not blinded:
@@ -67,18 +73,21 @@ def kits(session: Session, study: Study, blinded: bool = True) -> Report:
         .where(Kit.study_id == study.id)
         .order_by(Kit.kit_number)
     )
+    if site is not None:
+        query = query.where(func.coalesce(kit_site.code, subject_site.code) == site)
 
     def rows() -> Iterator[tuple]:
-        for (number, site, subject_site_code, depot, status, expiry, subject, shipment, lot,
+        for (number, site_code, subject_site_code, depot, status, expiry, subject, shipment, lot,
              kit_type) in _stream(session, query):
-            row = (number, site or subject_site_code or depot or "", status, _day(expiry),
+            row = (number, site_code or subject_site_code or depot or "", status, _day(expiry),
                    subject or "", shipment or "")
             yield row if blinded else row + (lot, kit_type)
 
     return columns, rows()
 
 
-def site_inventory(session: Session, study: Study, blinded: bool = True) -> Report:
+def site_inventory(session: Session, study: Study, blinded: bool = True, *,
+                   site: str | None = None) -> Report:
     """Kits at each site by status (a subject's kits count at the subject's site)."""
     columns = ["site", "status", "count"] + ([] if blinded else ["kit_type"])
     place = func.coalesce(Kit.site_id, Subject.site_id)
@@ -91,6 +100,8 @@ def site_inventory(session: Session, study: Study, blinded: bool = True) -> Repo
         .where(Kit.study_id == study.id)
         .group_by(*keys).order_by(*keys)
     )
+    if site is not None:
+        query = query.where(Site.code == site)
     return columns, _counts(session, query, blinded)
 
 
@@ -121,9 +132,11 @@ def _counts(session: Session, query, blinded: bool) -> Iterator[tuple]:
 
 
 def shipments(session: Session, study: Study, blinded: bool = True, *,
-              site: str | None = None, status: str | None = None) -> Report:
+              site: str | None = None, status: str | None = None, start: date | None = None,
+              end: date | None = None) -> Report:
     """One row per shipment, newest first; ``kits`` is the number of kits it carries
-    (the content per kit type, unblinded only, as ``KA:3 KP:3``)."""
+    (the content per kit type, unblinded only, as ``KA:3 KP:3``). Dates filter on
+    ``created_at``."""
     columns = ["shipment_number", "origin", "destination", "status", "kits", "dispatched_at",
                "received_at", "reason", "carrier", "tracking_number", "created_at",
                "temperature_excursion"]
@@ -139,7 +152,7 @@ def shipments(session: Session, study: Study, blinded: bool = True, *,
         .join(Depot, Depot.id == Shipment.depot_id)
         .join(Site, Site.id == Shipment.site_id)
         .outerjoin(counts, counts.c.shipment_id == Shipment.id)
-        .where(Shipment.study_id == study.id)
+        .where(Shipment.study_id == study.id, *within_days(Shipment.created_at, start, end))
         .order_by(Shipment.id.desc())
     )
     if site is not None:
