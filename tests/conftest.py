@@ -61,7 +61,7 @@ def _template_database() -> str:
     return _template
 
 
-def _fresh_database(tmp_path, pool_size: int = 10) -> tuple[Database, callable]:
+def fresh_database(tmp_path, pool_size: int = 10) -> tuple[Database, callable]:
     if not PG_URL:
         db = Database(f"sqlite:///{tmp_path / 'test.sqlite3'}")
         upgrade(db.engine)
@@ -85,7 +85,7 @@ def _fresh_database(tmp_path, pool_size: int = 10) -> tuple[Database, callable]:
 
 @pytest.fixture
 def db(tmp_path):
-    database, cleanup = _fresh_database(tmp_path)
+    database, cleanup = fresh_database(tmp_path)
     yield database
     cleanup()
 
@@ -106,7 +106,7 @@ def pg_db(tmp_path):
     """PostgreSQL only (concurrency tests); skipped on SQLite."""
     if not PG_URL:
         pytest.skip("needs PostgreSQL: set IVRS_TEST_DATABASE_URL")
-    database, cleanup = _fresh_database(tmp_path, pool_size=40)
+    database, cleanup = fresh_database(tmp_path, pool_size=40)
     yield database
     cleanup()
 

@@ -48,7 +48,19 @@ def _csv_writer():
     return write_csv
 
 
-WRITERS: dict[str, tuple[Callable[[], Writer], bool]] = {"csv": (_csv_writer, False)}
+def _xlsx_writer():
+    from ivrs.report_files.xlsx_file import write_xlsx
+    return write_xlsx
+
+
+def _pdf_writer():
+    from ivrs.report_files.pdf_file import write_pdf
+    return write_pdf
+
+
+WRITERS: dict[str, tuple[Callable[[], Writer], bool]] = {"csv": (_csv_writer, False),
+                                                        "xlsx": (_xlsx_writer, True),
+                                                        "pdf": (_pdf_writer, True)}
 
 
 def write_report(fmt: str, stream: IO, header: ReportHeader, columns: list[str],
