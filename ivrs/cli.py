@@ -293,6 +293,7 @@ import ivrs.cli_export  # noqa: E402,F401  (registers `export`)
 import ivrs.cli_jobs  # noqa: E402,F401  (registers `supply run` and `outbox`)
 import ivrs.cli_serve  # noqa: E402,F401  (registers `serve`)
 import ivrs.cli_simulate_randomization  # noqa: E402,F401  (registers `simulate randomization`)
+import ivrs.cli_simulate_supply  # noqa: E402,F401  (registers `simulate supply`)
 import ivrs.cli_sms  # noqa: E402,F401  (registers `sms`)
 import ivrs.cli_supply  # noqa: E402,F401  (registers `kits` and `shipments`)
 

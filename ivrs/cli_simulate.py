@@ -7,8 +7,6 @@ in a throwaway embedded database or in memory: nothing touches DATABASE_URL.
 
 from __future__ import annotations
 
-import click
-
 from ivrs.cli import main
 
 

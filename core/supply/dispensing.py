@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 import weakref
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -117,7 +118,11 @@ def supply_config(session: Session, study: StudyRef) -> SupplyConfig:
 
 def pick_kits(session: Session, study_id: int, site_id: int, kit_type_id: int, count: int,
               latest_unusable: date) -> list[Kit]:
-    """Up to ``count`` dispensable kits, earliest expiry first, locked (SKIP LOCKED)."""
+    """Up to ``count`` dispensable kits, earliest expiry first, locked (SKIP LOCKED).
+
+    The rule is ``take_first_expiring``'s, written in SQL so that only the
+    kits taken are read and locked.
+    """
     if count <= 0:
         return []
     return list(session.scalars(
@@ -126,6 +131,29 @@ def pick_kits(session: Session, study_id: int, site_id: int, kit_type_id: int, c
                           Kit.expiry_date > latest_unusable, not_in_open_return())
         .order_by(Kit.expiry_date, Kit.kit_number).limit(count)
         .with_for_update(skip_locked=True)))
+
+
+def take_first_expiring(expiries: list[date], count: int, latest_unusable: date
+                        ) -> list[date] | None:
+    """First-expiry-first-out on in-memory stock (the supply simulator's ``pick_kits``).
+
+    ``expiries`` is one place's stock of one kit type, sorted ascending; the
+    ``count`` earliest kits expiring strictly after ``latest_unusable`` are
+    removed from it and returned, or None (nothing removed) when fewer are
+    there. Kits of equal expiry are interchangeable here, so the kit number
+    that breaks ties in SQL does not matter.
+    """
+    start = bisect_right(expiries, latest_unusable)
+    if len(expiries) - start < count:
+        return None
+    taken = expiries[start:start + count]
+    del expiries[start:start + count]
+    return taken
+
+
+def dispensable_count(expiries: list[date], latest_unusable: date) -> int:
+    """How many kits of sorted ``expiries`` ``take_first_expiring`` could take."""
+    return len(expiries) - bisect_right(expiries, latest_unusable)
 
 
 def assign_kits(audit: AuditLog, kits: list[Kit], *, subject_id: int, subject_number: str,
@@ -372,7 +400,7 @@ def site_short_for_any_arm(session: Session, supply: SupplyConfig, site_code: st
     if needed <= 0:
         return []
     type_ids = {type_id: code for type_id, code in supply.kit_types.values()}
-    counts = dict(session.execute(
+    counts: dict[int, int] = dict(session.execute(
         select(Kit.kit_type_id, func.count())
         .join(Site, Site.id == Kit.site_id)
         .where(Kit.study_id == supply.study_id, Site.study_id == supply.study_id,
@@ -380,7 +408,13 @@ def site_short_for_any_arm(session: Session, supply: SupplyConfig, site_code: st
                Kit.kit_type_id.in_(list(type_ids)), Kit.expiry_date > plan.latest_unusable,
                not_in_open_return())
         .group_by(Kit.kit_type_id)).all())
-    return sorted(code for type_id, code in type_ids.items() if counts.get(type_id, 0) < needed)
+    return short_kit_types(type_ids, counts, needed)
+
+
+def short_kit_types(kit_types: dict[int, str], counts: dict[int, int], needed: int) -> list[str]:
+    """Codes of the kit types (id -> code) with fewer than ``needed`` dispensable kits
+    (``counts`` per id): randomization is refused when this is not empty."""
+    return sorted(code for type_id, code in kit_types.items() if counts.get(type_id, 0) < needed)
 
 
 STOCK_REFUSAL = ("site {site} lacks dispensable kits for a new subject: nobody can be "

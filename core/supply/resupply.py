@@ -59,6 +59,7 @@ queries per site: linear in sites x kit types, never per kit.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -132,20 +133,35 @@ def _kit_type_ids(session: Session, study_id: int) -> list[int]:
         select(KitType.id).where(KitType.study_id == study_id).order_by(KitType.id)))
 
 
+@dataclass(frozen=True)
+class UsableAfter:
+    """Kits count as usable stock when they expire strictly after these dates."""
+
+    at_site: date  # available at the site
+    on_the_way: date  # in a requested or dispatched shipment (usable on arrival)
+
+
+def usable_after(today: date, shipping_days: int, do_not_dispense_days: int) -> UsableAfter:
+    """The usable-stock rule (module docstring), pure: shared with the supply simulator."""
+    dnd = timedelta(days=do_not_dispense_days)
+    arrival = today + timedelta(days=shipping_days)
+    return UsableAfter(at_site=today + dnd, on_the_way=arrival + dnd)
+
+
 def usable_stock(session: Session, study: Study, site: Site, today: date) -> dict[int, int]:
     """Kits per kit type id the site can still dispense, counting those on their way."""
-    dnd = timedelta(days=int(supply_settings(study)["do_not_dispense_days"]))
+    after = usable_after(today, site.shipping_days or 0,
+                         int(supply_settings(study)["do_not_dispense_days"]))
     stock: dict[int, int] = defaultdict(int)
     at_site = session.execute(
         select(Kit.kit_type_id, func.count()).where(
             Kit.study_id == study.id, Kit.site_id == site.id, Kit.status == AVAILABLE,
             not_in_open_return(),
-            Kit.expiry_date > today + dnd).group_by(Kit.kit_type_id))
-    arrival = today + timedelta(days=site.shipping_days or 0)
+            Kit.expiry_date > after.at_site).group_by(Kit.kit_type_id))
     on_the_way = session.execute(
         select(Kit.kit_type_id, func.count()).join(Shipment, Shipment.id == Kit.shipment_id)
         .where(Shipment.site_id == site.id, Shipment.status.in_([REQUESTED, DISPATCHED]),
-               Kit.status.in_([RESERVED, IN_TRANSIT]), Kit.expiry_date > arrival + dnd)
+               Kit.status.in_([RESERVED, IN_TRANSIT]), Kit.expiry_date > after.on_the_way)
         .group_by(Kit.kit_type_id))
     for kit_type_id, count in [*at_site, *on_the_way]:
         stock[kit_type_id] += count
@@ -160,6 +176,15 @@ def never_supplied(session: Session, site: Site) -> bool:
     return kit is None and shipment is None
 
 
+@dataclass(frozen=True)
+class TreatedSubject:
+    """What the predictive rule needs of one randomized subject."""
+
+    kit_type_id: int
+    day0: date  # UTC date of the first randomization
+    recorded: frozenset[str] | set[str]  # visit codes already done or missed
+
+
 def predicted_need(session: Session, study: Study, site: Site, today: date) -> int:
     """The largest number of kits of one kit type that the site's randomized subjects
     need for visits due before a shipment requested now (or at the next run) arrives.
@@ -169,10 +194,9 @@ def predicted_need(session: Session, study: Study, site: Site, today: date) -> i
     Day 0 is the UTC date of the subject's first randomization; visits already
     recorded (done or missed) are skipped, as are visits whose window has closed.
     """
-    visits = [v for v in (study.config or {}).get("visits") or [] if v.get("dispense")]
-    if not visits:
+    visits = (study.config or {}).get("visits") or []
+    if not any(v.get("dispense") for v in visits):
         return 0
-    horizon = today + timedelta(days=(site.shipping_days or 0) + REVIEW_DAYS)
     kit_type_of_arm: dict[int, int] = {}
     for kit_type_id, arm_id in session.execute(
             select(KitType.id, KitType.arm_id).where(KitType.study_id == study.id)
@@ -187,23 +211,36 @@ def predicted_need(session: Session, study: Study, site: Site, today: date) -> i
         first.setdefault(subject_id, (at, arm_id))
     if not first:
         return 0
-    recorded = {(subject_id, code) for subject_id, code in session.execute(
-        select(SubjectVisit.subject_id, SubjectVisit.visit_code)
-        .join(Subject, Subject.id == SubjectVisit.subject_id)
-        .where(Subject.site_id == site.id))}
+    recorded: dict[int, set[str]] = defaultdict(set)
+    for subject_id, code in session.execute(
+            select(SubjectVisit.subject_id, SubjectVisit.visit_code)
+            .join(Subject, Subject.id == SubjectVisit.subject_id)
+            .where(Subject.site_id == site.id)):
+        recorded[subject_id].add(code)
+    subjects = [TreatedSubject(kit_type_of_arm[arm_id], utc_date(at), recorded[subject_id])
+                for subject_id, (at, arm_id) in first.items() if arm_id in kit_type_of_arm]
+    return need_before_arrival(visits, subjects, today, site.shipping_days or 0)
+
+
+def need_before_arrival(visits: list[dict], subjects: Iterable[TreatedSubject], today: date,
+                        shipping_days: int) -> int:
+    """``predicted_need`` without the database (shared with the supply simulator).
+
+    ``visits`` is the study file's ``visits`` section; a visit counts when it
+    dispenses, is not recorded for the subject, its window has not closed
+    (``window_end >= today``) and it is due by the arrival of a shipment the
+    next run could request (``today + shipping_days + REVIEW_DAYS``).
+    """
+    horizon = today + timedelta(days=shipping_days + REVIEW_DAYS)
     need: dict[int, int] = defaultdict(int)
-    for subject_id, (at, arm_id) in first.items():
-        kit_type_id = kit_type_of_arm.get(arm_id)
-        if kit_type_id is None:
-            continue
-        day0 = utc_date(at)
+    for subject in subjects:
         for visit in visits:
-            if (subject_id, visit["code"]) in recorded:
+            if not visit.get("dispense") or visit["code"] in subject.recorded:
                 continue
-            due = day0 + timedelta(days=int(visit["day"]))
+            due = subject.day0 + timedelta(days=int(visit["day"]))
             window_end = due + timedelta(days=int((visit.get("window") or [0, 0])[1]))
             if window_end >= today and due <= horizon:
-                need[kit_type_id] += int(visit["dispense"])
+                need[subject.kit_type_id] += int(visit["dispense"])
     return max(need.values(), default=0)
 
 
@@ -227,9 +264,16 @@ def plan_quantities(levels: dict[int, Levels], stock: dict[int, int], *, extra: 
 
 def initial_quantities(session: Session, study: Study, levels: dict[int, Levels]
                        ) -> dict[int, int]:
-    initial = supply_settings(study).get("initial")
+    return first_shipment(supply_settings(study).get("initial"),
+                          _kit_type_ids(session, study.id), levels)
+
+
+def first_shipment(initial: dict | None, kit_type_ids: Iterable[int],
+                   levels: dict[int, Levels]) -> dict[int, int]:
+    """The initial shipment rule, pure: ``supply.initial.target`` of every kit type,
+    else each kit type's resupply target (shared with the supply simulator)."""
     if initial:
-        return {t: int(initial["target"]) for t in _kit_type_ids(session, study.id)}
+        return {t: int(initial["target"]) for t in kit_type_ids}
     return {t: lv.target for t, lv in levels.items() if lv.target > 0}
 
 
