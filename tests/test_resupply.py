@@ -122,6 +122,24 @@ def test_stock_equal_to_trigger_ships_one_above_does_not(stocked):
     assert site_101.kits == 7
 
 
+def test_kits_a_new_subject_could_not_take_are_not_usable_stock(stocked):
+    """A kit given at V1 must last until V2 (day 28) plus the 30 do-not-dispense days:
+    kits expiring before that cannot be given to a new subject, so they spare no shipment
+    (counting them once left sites unable to randomize near a lot's expiry)."""
+    last_day_too_short = TODAY + timedelta(days=28 + 30)
+    add_kits(stocked, "KA", 3, site="101", expiry=last_day_too_short)
+    add_kits(stocked, "KP", 3, site="101", expiry=last_day_too_short)
+    site_101 = by_site(run_resupply(stocked, today=TODAY))["101"]
+    assert shipped(stocked, site_101.shipment_number) == {"KA": 6, "KP": 6}
+
+
+def test_kits_lasting_past_the_first_visit_s_horizon_are_usable_stock(stocked):
+    long_enough = TODAY + timedelta(days=28 + 30 + 1)
+    add_kits(stocked, "KA", 3, site="101", expiry=long_enough)
+    add_kits(stocked, "KP", 3, site="101", expiry=long_enough)
+    assert "101" not in by_site(run_resupply(stocked, today=TODAY))
+
+
 def test_every_kit_type_is_topped_up_and_a_blinded_observer_cannot_tell_which(stocked):
     """Arm A's kits are used up at 101, arm P's at 102 (mirror image): the two
     shipments look the same to a blinded reader; only the unblinded split differs."""

@@ -67,6 +67,7 @@ from core.supply.resupply import (
     TreatedSubject,
     UsableAfter,
     first_shipment,
+    first_visit_horizon,
     need_before_arrival,
     plan_quantities,
     usable_after,
@@ -410,8 +411,8 @@ class _Trial:
         key = (today, site.shipping_days)
         after = self.usable_after_cache.get(key)
         if after is None:  # the same for every site with this lead time today
-            after = self.usable_after_cache[key] = usable_after(today, site.shipping_days,
-                                                                self.dnd)
+            after = self.usable_after_cache[key] = usable_after(
+                today, site.shipping_days, self.dnd, first_visit_horizon(self.schedule))
         stock = {t: dispensable_count(kits, after.at_site)
                  for t, kits in self.site_stock[index].items()}
         for shipment in self.pending[index]:

@@ -4,11 +4,13 @@ Levels are per site and kit type: a ``SiteSupply`` row (the study file's
 ``sites[i].resupply``) else the study's ``supply.default_resupply``. A kit type
 with neither is not resupplied.
 
-**Usable stock** of a site and kit type is what can still be dispensed:
-available kits at the site expiring after the do-not-dispense window
-(``expiry_date > today + do_not_dispense_days``), plus kits already on their
-way in a requested or dispatched shipment that will still be usable when they
-arrive (``expiry_date > today + shipping_days + do_not_dispense_days``).
+**Usable stock** of a site and kit type is what a new subject could still be
+given: available kits at the site that last until the first visit's next
+visit plus the do-not-dispense window (``expiry_date > today + H +
+do_not_dispense_days``, H = days from the first visit to the next: the rule
+a randomization's kits must meet), plus kits already on their way in a
+requested or dispatched shipment that will still be usable when they arrive
+(``expiry_date > today + shipping_days + H + do_not_dispense_days``).
 Counting what is on its way is what makes the job idempotent: run twice the
 same day, the second run finds the first run's shipments and ships nothing.
 
@@ -77,7 +79,7 @@ from core.supply.lifecycle import AVAILABLE, IN_TRANSIT, RESERVED
 from core.supply.models import Kit, KitType, Shipment, SiteSupply, SubjectVisit
 from core.supply.outbox import notify
 from core.supply.shipments import CANCELLED, DISPATCHED, REQUESTED, ShipmentPlan, create_shipment
-from core.supply.visits import utc_date
+from core.supply.visits import Schedule, schedule_for, utc_date
 
 SYSTEM_ACTOR = "system:resupply"
 # The job runs once a day: a shipment requested now must cover the visits up
@@ -141,17 +143,29 @@ class UsableAfter:
     on_the_way: date  # in a requested or dispatched shipment (usable on arrival)
 
 
-def usable_after(today: date, shipping_days: int, do_not_dispense_days: int) -> UsableAfter:
-    """The usable-stock rule (module docstring), pure: shared with the supply simulator."""
-    dnd = timedelta(days=do_not_dispense_days)
+def first_visit_horizon(schedule: Schedule) -> int:
+    """Days a kit given at the first visit must last, before the do-not-dispense
+    margin: until the next visit (0 with a single visit). A randomization is
+    refused when no kit of an arm lasts that long (``core.supply.dispensing``),
+    so usable stock is counted with the same horizon: a kit that a new subject
+    could no longer take is not stock that spares a shipment."""
+    return schedule[1].day - schedule[0].day if len(schedule) > 1 else 0
+
+
+def usable_after(today: date, shipping_days: int, do_not_dispense_days: int,
+                 horizon_days: int = 0) -> UsableAfter:
+    """The usable-stock rule (module docstring), pure: shared with the supply simulator.
+    ``horizon_days``: see ``first_visit_horizon``."""
+    margin = timedelta(days=horizon_days + do_not_dispense_days)
     arrival = today + timedelta(days=shipping_days)
-    return UsableAfter(at_site=today + dnd, on_the_way=arrival + dnd)
+    return UsableAfter(at_site=today + margin, on_the_way=arrival + margin)
 
 
 def usable_stock(session: Session, study: Study, site: Site, today: date) -> dict[int, int]:
     """Kits per kit type id the site can still dispense, counting those on their way."""
     after = usable_after(today, site.shipping_days or 0,
-                         int(supply_settings(study)["do_not_dispense_days"]))
+                         int(supply_settings(study)["do_not_dispense_days"]),
+                         first_visit_horizon(schedule_for(study.config, None)))
     stock: dict[int, int] = defaultdict(int)
     at_site = session.execute(
         select(Kit.kit_type_id, func.count()).where(
