@@ -27,7 +27,6 @@ from core.simulation.randomization import (
     simulate_randomization,
 )
 from ivrs.cli import handles_errors
-from ivrs.cli_simulate import simulate
 
 RUNS_CSV, SUMMARY_CSV, CHART_PNG = ("randomization_runs.csv", "randomization_summary.csv",
                                     "randomization.png")
@@ -37,7 +36,7 @@ PERCENT_METRICS = {"correct_guess_rate", "list_ran_out", "cap_reached"}
 MAX_STRATA_SHOWN = 12
 
 
-@simulate.command("randomization")
+@click.command("randomization")
 @click.argument("study_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--subjects", type=int, default=200, show_default=True,
               help="Subjects enrolled per run.")

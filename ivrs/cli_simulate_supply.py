@@ -32,7 +32,6 @@ from core.simulation.supply_summary import (
 )
 from core.study_file import parse_study_file
 from ivrs.cli import handles_errors
-from ivrs.cli_simulate import simulate as simulate_group
 
 RUN_COLUMNS = ("strategy", "run", "stockouts", "randomization_refusals", "dispense_refusals",
                "first_stockout_day", "screened", "randomized", "produced", "dispensed",
@@ -40,7 +39,7 @@ RUN_COLUMNS = ("strategy", "run", "stockouts", "randomization_refusals", "dispen
                "depot_short", "cover_days_median")
 
 
-@simulate_group.command("supply")
+@click.command("supply")
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("--scenario", "scenario_file", required=True, type=click.Path(dir_okay=False),
               help="The scenario YAML (recruitment, lots, strategies).")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import ivrs.cli_simulate_randomization  # noqa: F401  (registers `simulate randomization`)
 from core.errors import IvrsError
 from core.simulation.randomization import Settings, parse_distribution, simulate_randomization
 from ivrs.cli import main

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import ivrs.cli_simulate_supply  # noqa: F401  (registers the command)
 from core.errors import FileErrors
 from core.simulation.scenario import LevelsDef, Strategy, parse_scenario
 from core.simulation.supply import build_model, simulate
