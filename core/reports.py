@@ -11,6 +11,7 @@ keyword-only and default to None (everything): ``site`` (a site code) and
 
 from __future__ import annotations
 
+import csv
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Iterator
 
@@ -57,6 +58,17 @@ def within_days(column, start: date | None, end: date | None) -> list[ColumnElem
 
 def _stream(session: Session, query) -> Iterable:
     return session.execute(query.execution_options(yield_per=BATCH))
+
+
+def write_table(stream, columns: list[str], rows: Iterable) -> int:
+    """A report's rows as CSV (header first), streamed; the number of rows written."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(columns)
+    count = 0
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count
 
 
 def _first_event(session: Session, study: Study) -> int | None:

@@ -29,7 +29,6 @@ like the reports; nothing in DS can reveal an arm.
 
 from __future__ import annotations
 
-import csv
 import re
 from datetime import datetime
 from functools import lru_cache
@@ -40,7 +39,7 @@ from sqlalchemy import literal, null, select, union_all
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc
-from core.exports import BATCH, visit_catalogue
+from core.exports import visit_catalogue
 from core.models import (
     Arm,
     Randomization,
@@ -50,6 +49,7 @@ from core.models import (
     Subject,
     SubjectStatusChange,
 )
+from core.reports import _stream, write_table
 from core.subjects import DISCONTINUED, SCREEN_FAILED
 from core.supply.lifecycle import DAMAGED, MISSING
 from core.supply.models import Kit, KitType
@@ -95,7 +95,7 @@ def write_ex(session: Session, study: Study, stream: IO[str], *, blinded: bool =
                    arm[0] if arm else BLINDED_TREATMENT, visits[visit], visit,
                    _site_day(assigned_at, timezone)]
 
-    return _write(stream, EX_COLUMNS, rows())
+    return write_table(stream, EX_COLUMNS, rows())
 
 
 def write_ds(session: Session, study: Study, stream: IO[str]) -> int:
@@ -133,7 +133,7 @@ def write_ds(session: Session, study: Study, stream: IO[str]) -> int:
             yield [study.code, "DS", _usubjid(study, subject), sequence.next(subject),
                    reference or "", term, decode, category, _site_day(at, timezone)]
 
-    return _write(stream, DS_COLUMNS, rows())
+    return write_table(stream, DS_COLUMNS, rows())
 
 
 def _disposition(kind: str, detail: str | None, first_event: str | None) -> tuple[str, str, str]:
@@ -186,17 +186,3 @@ def _site_day(moment: datetime | None, timezone: str) -> str:
     if moment is None:
         return ""
     return as_utc(moment).astimezone(_zone(timezone or "UTC")).date().isoformat()
-
-
-def _stream(session: Session, query) -> Iterable:
-    return session.execute(query.execution_options(yield_per=BATCH))
-
-
-def _write(stream: IO[str], columns: list[str], rows: Iterable[list]) -> int:
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(columns)
-    count = 0
-    for row in rows:
-        writer.writerow(row)
-        count += 1
-    return count
