@@ -842,7 +842,7 @@ def _own_costs(stats: pstats.Stats, args, count: int = 12) -> list[tuple[str, fl
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "python3.11/"):
+    for marker in ("site-packages/", f"{ROOT}/", "python3.11/"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename

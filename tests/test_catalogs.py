@@ -5,13 +5,16 @@ the same placeholders, and the template, catalogs and compiled catalogs are curr
 from __future__ import annotations
 
 import ast
+import shutil
 import string
 
 import pytest
-from babel.messages.pofile import read_po
+from babel.messages.catalog import Message
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po, write_po
 
 from ivrs import speech
-from ivrs.catalogs import check, stale_compiled
+from ivrs.catalogs import LOCALES, check, stale_compiled
 from ivrs.message_ids import NOT_LITERAL, all_ids, literal_ids, notification_ids, prompt_ids
 from ivrs.speech import LOCALES_DIR, MissingCatalog, catalog
 
@@ -81,6 +84,102 @@ def test_translations_are_not_english_copies(language):
 
 def test_the_template_the_catalogs_and_the_compiled_catalogs_are_current():
     assert check() == [], "run: python -m ivrs.catalogs"
+
+
+# --- the check names what is wrong, whatever Babel version wrote the files ------------------------
+
+
+@pytest.fixture
+def locales_copy(tmp_path):
+    copy = tmp_path / "locales"
+    shutil.copytree(LOCALES, copy)
+    return copy
+
+
+def _rewrite(path, change, *, compile_to=None):
+    with path.open("rb") as handle:
+        catalog = read_po(handle)
+    change(catalog)
+    with path.open("wb") as handle:
+        write_po(handle, catalog)
+    if compile_to:
+        with compile_to.open("wb") as handle:
+            write_mo(handle, catalog)
+
+
+def _french(locales_copy):
+    folder = locales_copy / "fr" / "LC_MESSAGES"
+    return folder / "messages.po", folder / "messages.mo"
+
+
+def test_a_copy_of_the_shipped_catalogs_passes(locales_copy):
+    assert check(locales_copy) == []
+
+
+def test_a_catalog_lacking_a_message_fails_naming_it(locales_copy):
+    po, mo = _french(locales_copy)
+    _rewrite(po, lambda c: c.delete("notify.depot_short"), compile_to=mo)
+    assert check(locales_copy) == ["fr lacks notify.depot_short"]
+
+
+def test_a_message_the_template_does_not_have_fails(locales_copy):
+    po, mo = _french(locales_copy)
+    _rewrite(po, lambda c: c.add("menu.not_in_the_code", "Bonjour"), compile_to=mo)
+    assert check(locales_copy) == ["fr has menu.not_in_the_code, which the template does not"]
+
+
+def test_fuzzy_obsolete_and_lost_placeholders_fail(locales_copy):
+    po, mo = _french(locales_copy)
+
+    def spoil(catalog):
+        catalog["cancelled"].flags.add("fuzzy")
+        catalog["confirmation"].string = "Numéro de confirmation."  # {confirmation} lost
+        catalog.obsolete["old.message"] = Message("old.message", "Ancien message")
+
+    _rewrite(po, spoil, compile_to=mo)
+    problems = check(locales_copy)
+    assert "fr: cancelled is fuzzy" in problems
+    assert "fr keeps obsolete old.message" in problems
+    assert any(p.startswith("fr: confirmation does not keep the placeholders ['confirmation']")
+               for p in problems), problems
+
+
+def test_an_untranslated_or_misplural_message_fails(locales_copy):
+    po, mo = _french(locales_copy)
+
+    def spoil(catalog):
+        catalog["dispense.due"].string = ("{visit} {count} kit", "")
+        catalog["apology"].string = ""
+
+    _rewrite(po, spoil, compile_to=mo)
+    problems = check(locales_copy)
+    assert "fr: dispense.due is not translated" in problems
+    assert "fr: apology is not translated" in problems
+
+
+def test_a_stale_compiled_catalog_fails(locales_copy):
+    po, _ = _french(locales_copy)
+    _rewrite(po, lambda c: setattr(c["cancelled"], "string", "Annulé. Rien n'a été enregistré !"))
+    assert check(locales_copy) == ["fr: the .mo is not compiled from the current .po"]
+    assert stale_compiled(locales_copy) == ["fr"]
+
+
+def test_a_template_behind_the_code_fails_naming_the_message(locales_copy):
+    _rewrite(locales_copy / "messages.pot", lambda c: c.delete("rand.done"))
+    assert "messages.pot lacks rand.done, which the code says" in check(locales_copy)
+
+
+def test_formatting_alone_does_not_fail(locales_copy):
+    """Another Babel's header and comment wrapping: the messages are the same."""
+    for path in [locales_copy / "messages.pot", *locales_copy.glob("*/LC_MESSAGES/*.po")]:
+        lines = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("#. ") and not line.startswith("#. en:") and lines:
+                lines[-1] += " " + line[3:]  # one long comment line instead of a wrapped one
+            else:
+                lines.append(line.replace("Generated-By: Babel", "Generated-By: Babel 9.9 ="))
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert check(locales_copy) == []
 
 
 def _id(message) -> str:
