@@ -103,7 +103,7 @@ from core.models import Arm, Study, Subject  # noqa: E402
 from core.randomize import randomize  # noqa: E402
 from core.subjects import screen_subject  # noqa: E402
 from core.supply.kit_import import import_kits  # noqa: E402
-from core.supply.models import Kit, KitType, Lot  # noqa: E402
+from core.models import Kit, KitType, Lot  # noqa: E402
 from core.users import add_user  # noqa: E402
 from dialogs.output import LanguageName, Say  # noqa: E402
 from ivrs.app import create_app  # noqa: E402

@@ -81,7 +81,7 @@ from core.randomize import randomize
 from core.study_loader import load_study
 from core.supply.dispensing import dispense
 from core.supply.lifecycle import AT_DEPOT, AVAILABLE
-from core.supply.models import Kit, KitType, Lot, Shipment
+from core.models import Kit, KitType, Lot, Shipment
 from core.supply.resupply import run_resupply
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1/test"

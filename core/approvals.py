@@ -1,7 +1,9 @@
 """Gated actions: requests that a user of an approving role must sign off.
 
 Emergency unblinding in ``approval`` mode and kit returns pass through the same
-gate; another gated action only has to register a ``Gate``. A request:
+gate. This module is the mechanism and knows no gated action: each gated module
+declares its ``Gate``, and ``core.gates`` hands them all to the functions here
+(the doors and the daily job call ``core.gates``). A request:
 
 - is opened in the transaction of the action it gates (``open_approval``),
   numbered with that action's own number, and expires after a time the kind
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -56,18 +58,14 @@ class Gate:
     describe: Callable[[Session, Approval], str]
 
 
-GATES: dict[str, Gate] = {}
+Gates = Mapping[str, Gate]  # by kind
 
 
-def register(gate: Gate) -> None:
-    GATES[gate.kind] = gate
-
-
-def _gate(kind: str) -> Gate:
-    if not GATES:  # the gated modules register themselves on import
-        import core.supply.returns  # noqa: F401
-        import core.unblinding  # noqa: F401
-    return GATES[kind]
+def _gate(gates: Gates, kind: str) -> Gate:
+    try:
+        return gates[kind]
+    except KeyError:
+        raise LookupError(f"no gate for {kind} requests among {sorted(gates)}") from None
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ def open_approval(call: ServiceCall, *, kind: str, number: str, site_id: int | N
     return approval
 
 
-def decide(db: Database, *, number: str, approve: bool, actor: Actor,
+def decide(db: Database, *, gates: Gates, number: str, approve: bool, actor: Actor,
            signature: Signature | None, reason: str | None = None, kind: str | None = None,
            study: str | None = None, idempotency_key: str | None = None) -> Decision:
     """Approve or reject request ``number`` (of ``kind``, when the caller expects one)."""
@@ -107,7 +105,7 @@ def decide(db: Database, *, number: str, approve: bool, actor: Actor,
         approval = lock_approval(call.session, call.study.id, number, kind)
         if (replay := call.replayed()) is not None:
             return Decision(**replay)
-        gate = _gate(approval.kind)
+        gate = _gate(gates, approval.kind)
         _check(call.session, approval, actor,
                gate.approver_roles(call.session, call.study.id), verb)
         signature = require_signature(signature, actor)
@@ -123,8 +121,8 @@ def decide(db: Database, *, number: str, approve: bool, actor: Actor,
                                        "status": status, "details": details}))
 
 
-def check_decider(db: Database, *, number: str, actor: Actor, study: str | None = None,
-                  approve: bool = True) -> str:
+def check_decider(db: Database, *, gates: Gates, number: str, actor: Actor,
+                  study: str | None = None, approve: bool = True) -> str:
     """Before asking for a signature: may ``actor`` decide request ``number`` now?
     Returns its kind; refuses as ``decide`` would (nothing is written)."""
     verb = "approve" if approve else "reject"
@@ -137,7 +135,7 @@ def check_decider(db: Database, *, number: str, actor: Actor, study: str | None 
         if approval is None:
             raise NotFound(f"no request {number or '(empty)'}", code="unknown_request",
                            number=number)
-        roles = _gate(approval.kind).approver_roles(session, ref.id)
+        roles = _gate(gates, approval.kind).approver_roles(session, ref.id)
         _check(session, approval, actor, roles, verb)
         return approval.kind
 
@@ -162,7 +160,7 @@ def _check(session: Session, approval: Approval, actor: Actor, roles: frozenset[
                       f"{verb} it", code="own_request", number=approval.number)
 
 
-def expire_stale(db: Database, *, study: str | None = None,
+def expire_stale(db: Database, *, gates: Gates, study: str | None = None,
                  now: datetime | None = None) -> list[str]:
     """Expire every pending request past its time (at ``now``, default the
     clock's); the numbers expired."""
@@ -178,7 +176,7 @@ def expire_stale(db: Database, *, study: str | None = None,
             call.audit.record("approval_expired", "approval", approval.number,
                               old={"status": PENDING},
                               new={"kind": approval.kind, "status": EXPIRED})
-            _gate(approval.kind).expired(call, approval)
+            _gate(gates, approval.kind).expired(call, approval)
         numbers = [approval.number for approval in stale]
         if numbers:
             call.finish({"expired": numbers})
@@ -217,8 +215,9 @@ class ApprovalRow:
     reason: str | None
 
 
-def list_approvals(session: Session, study_id: int, *, status: str | None = PENDING,
-                   actor: Actor | None = None, limit: int = 200) -> list[ApprovalRow]:
+def list_approvals(session: Session, study_id: int, *, gates: Gates,
+                   status: str | None = PENDING, actor: Actor | None = None,
+                   limit: int = 200) -> list[ApprovalRow]:
     """Requests, newest first (pending ones by default); an actor with sites sees
     their sites' only. Blinded: what a request is about never names an arm."""
     query = (select(Approval, Site.code).outerjoin(Site, Site.id == Approval.site_id)
@@ -231,7 +230,7 @@ def list_approvals(session: Session, study_id: int, *, status: str | None = PEND
     for approval, site in session.execute(query.order_by(Approval.id.desc()).limit(limit)):
         rows.append(ApprovalRow(
             approval.number, approval.kind, site, approval.status,
-            _gate(approval.kind).describe(session, approval), approval.requested_by,
+            _gate(gates, approval.kind).describe(session, approval), approval.requested_by,
             approval.requested_at, approval.expires_at, approval.decided_by,
             approval.decided_at, approval.decision_reason))
     return rows

@@ -49,7 +49,7 @@ from core.clock import as_utc
 from core.db import Database
 from core.models import Site, User, UserSite
 from core.supply.confirmation import awaits_confirmation
-from core.supply.models import Delivery, Notification
+from core.models import Delivery, Notification
 from core.supply.outbox import EXPANDED, PENDING
 
 log = logging.getLogger("core.deliveries")

@@ -22,7 +22,7 @@ from core.subjects import RANDOMIZED
 from core.supply.dispensing import supply_config
 from core.supply.kits import not_in_open_return
 from core.supply.lifecycle import AVAILABLE, QUARANTINED
-from core.supply.models import Kit, Shipment, SubjectVisit
+from core.models import Kit, Shipment, SubjectVisit
 from core.supply.shipments import DISPATCHED
 from core.supply.visits import DONE, due_visit, first_randomization
 

@@ -24,7 +24,7 @@ from core.studies import StudyRef, study_ref
 from core.study_config import FactorConfig, study_config
 from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, SubjectRow
 from core.supply.dispensing import DISPENSING_ROLES, supply_config, treated_subject
-from core.supply.models import Kit, Shipment, ShipmentKit
+from core.models import Kit, Shipment, ShipmentKit
 from core.supply.shipments import DISPATCHED
 from core.supply.visits import due_visit, recorded_visits
 

@@ -64,7 +64,7 @@ from core.randomization.strata import cap_matches, parse_key
 from core.studies import bump_config_version
 from core.study_config import own_config
 from core.study_file import EventDef, StudyDefinition, parse_study_file
-from core.supply.models import Kit, KitType, SiteSupply
+from core.models import Kit, KitType, SiteSupply
 
 __all__ = ["LoadResult", "load_study", "parse_study_file"]
 

@@ -266,8 +266,7 @@ def _describe(session: Session, approval: Approval) -> str:
             f"({unblinding.reason.replace('_', ' ')})")
 
 
-approvals.register(approvals.Gate("unblinding", _approver_roles, _decided, _expired,
-                                  _describe))
+GATE = approvals.Gate("unblinding", _approver_roles, _decided, _expired, _describe)
 
 
 # --- shared pieces -------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def approvals() -> None:
 @handles_errors
 def approvals_list(status: str, every: bool, study: str | None) -> None:
     """Requests as CSV, newest first."""
-    from core.approvals import list_approvals
+    from core.gates import list_approvals
     from core.studies import get_study
 
     with _database().sessions() as session:
@@ -54,7 +54,7 @@ def _decision_command(name: str, approve: bool) -> None:
     @handles_errors
     def command(number: str, user_code: str, reason: str | None, study: str | None) -> None:
         from core.actors import actor_for_user
-        from core.approvals import decide
+        from core.gates import decide
         from core.signatures import sign
         from core.studies import get_study
 

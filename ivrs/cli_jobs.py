@@ -32,7 +32,7 @@ def supply() -> None:
 def supply_run(study: str | None, today: str | None) -> None:
     """Run the expiry and resupply jobs, then the kit confirmation reminders, once and
     print what they did."""
-    from core.approvals import expire_stale
+    from core.gates import expire_stale
     from core.clock import today as clock_today
     from core.clock import utcnow as clock_utcnow
     from core.migrate import upgrade

@@ -40,7 +40,7 @@ from core.studies import get_study
 from core.study_loader import load_study
 from core.supply.dispensing_report import dispensing as dispensing_report
 from core.supply.kit_import import import_kits
-from core.supply.models import Kit, Shipment
+from core.models import Kit, Shipment
 from core.supply.reports import site_inventory
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
@@ -219,7 +219,7 @@ class DemoLine:
         """The SMS the system has queued for a caller (sent by Twilio when configured):
         to them by name, to their role or to their sites."""
         from core.deliveries import audience_users
-        from core.supply.models import Notification
+        from core.models import Notification
         from ivrs.notify import render
 
         with self.app.extensions["ivrs"].db.sessions() as session:

@@ -88,7 +88,7 @@ from core.deliveries import (
     stale_sending,
 )
 from core.models import User
-from core.supply.models import Delivery, Notification
+from core.models import Delivery, Notification
 from core.supply.outbox import EXPANDED, PENDING
 from dialogs.output import Say
 from ivrs.config import Settings

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, time, timedelta
 # this thread lives, and a fork while a thread holds an import lock can hang the child.
 from sqlalchemy import select, text
 
-from core.approvals import expire_stale
+from core.gates import expire_stale
 from core.clock import today
 from core.db import Database
 from core.models import Study

@@ -13,14 +13,14 @@ from sqlalchemy import select, update
 from voice import demo_study_in_english
 
 from core.actors import ADMIN, Actor
-from core.approvals import decide
+from core.gates import decide
 from core.errors import Refused
 from core.models import Approval, AuditEvent, Unblinding, User
 from core.randomize import randomize
 from core.signatures import sign
 from core.study_loader import load_study
 from core.subjects import screen_subject
-from core.supply.models import Notification
+from core.models import Notification
 from core.unblinding import unblind
 from core.users import add_user
 

@@ -22,7 +22,7 @@ from core.deliveries import audience_users
 from core.models import Arm, Randomization, Subject
 from core.report_registry import REPORTS
 from core.studies import get_study
-from core.supply.models import KitType, Notification
+from core.models import KitType, Notification
 from dialogs.output import Digits, Say
 from ivrs.demo import run_demo
 from ivrs.notify import render

@@ -27,7 +27,7 @@ from core.subjects import discontinue, screen_subject
 from core.supply.dispensing import dispense, replace_kit
 from core.supply.dispensing_report import dispensing
 from core.supply.kits import apply_move
-from core.supply.models import Kit, KitType, Lot, Shipment, SubjectVisit
+from core.models import Kit, KitType, Lot, Shipment, SubjectVisit
 
 DAY0 = date(2026, 1, 1)
 YES = {"INC1": True, "INC2": True, "EXC1": True}

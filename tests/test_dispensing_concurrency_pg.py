@@ -27,7 +27,7 @@ from core.randomize import randomize
 from core.study_loader import load_study
 from core.subjects import screen_subject
 from core.supply.dispensing import dispense
-from core.supply.models import Kit, SubjectVisit
+from core.models import Kit, SubjectVisit
 
 pytestmark = pytest.mark.postgres
 SUBJECTS = 16

@@ -14,7 +14,7 @@ from core.audit import blinded
 from core.models import AuditEvent
 from core.study_loader import load_study
 from core.supply.expiry import run_expiry
-from core.supply.models import Kit, Notification
+from core.models import Kit, Notification
 from ivrs.cli import main
 
 

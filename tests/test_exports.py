@@ -33,7 +33,7 @@ from core.study_loader import load_study
 from core.subjects import discontinue, record_screen_failure, screen_subject
 from core.supply.confirmation import confirm_kit
 from core.supply.dispensing import dispense, replace_kit
-from core.supply.models import Kit, KitType, Lot
+from core.models import Kit, KitType, Lot
 from core.unblinding import unblind
 from ivrs.cli import main
 

@@ -39,7 +39,7 @@ from core.supply.confirmation import (
 )
 from core.supply.dispensing import dispense, replace_kit
 from core.supply.dispensing_report import dispensing
-from core.supply.models import Notification
+from core.models import Notification
 from core.supply.reports import unconfirmed_kits
 from ivrs.speech import LOCALES_DIR
 

@@ -15,7 +15,7 @@ from core.errors import FileErrors
 from core.models import AuditEvent, Depot, Site, Study
 from core.study_loader import load_study
 from core.supply.kit_import import import_kits
-from core.supply.models import Kit, KitType, Lot
+from core.models import Kit, KitType, Lot
 
 KITS_CSV = DATA / "kits.csv"
 HEADER = "kit_number,kit_type,lot,expiry_date,location\n"

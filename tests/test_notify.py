@@ -27,7 +27,7 @@ from core.deliveries import MAX_ATTEMPTS, backoff, claim_next, set_opted_out
 from core.models import AuditEvent, User
 from core.studies import get_study
 from core.study_loader import load_study
-from core.supply.models import Delivery, Notification
+from core.models import Delivery, Notification
 from core.supply.outbox import notify
 from dialogs.output import Say
 from ivrs import speech

@@ -21,7 +21,7 @@ from core.db import Database
 from core.models import AuditEvent
 from core.studies import get_study
 from core.study_loader import load_study
-from core.supply.models import Delivery
+from core.models import Delivery
 from ivrs.notify import gateway, send_pending
 
 SENDERS = 4

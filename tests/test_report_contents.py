@@ -35,7 +35,7 @@ from core.report_registry import SPECS
 from core.signatures import sign
 from core.subjects import screen_subject
 from core.supply.confirmation import confirm_kit
-from core.supply.models import Kit, KitType, Shipment
+from core.models import Kit, KitType, Shipment
 from core.supply.overview import SERIES, stock_chart
 from core.supply.receipt import receive_shipment
 from core.supply.shipments import dispatch_shipment, request_shipment

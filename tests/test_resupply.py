@@ -12,7 +12,7 @@ from core.audit import AuditLog, blinded
 from core.errors import FileErrors
 from core.models import Arm, AuditEvent, Randomization, RandomizationEvent, Site, Study, Subject
 from core.study_loader import load_study
-from core.supply.models import (
+from core.models import (
     Kit,
     KitType,
     Lot,

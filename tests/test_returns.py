@@ -24,7 +24,7 @@ from core.study_loader import load_study
 from core.subjects import screen_subject
 from core.supply.kit_import import import_kits
 from core.supply.kits import apply_move
-from core.supply.models import Kit, KitReturn, Notification, ReturnKit
+from core.models import Kit, KitReturn, Notification, ReturnKit
 from core.supply.receipt import receive_shipment
 from core.supply.returns import (
     approve_return,

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from voice import demo_study_in_english
 
 from core.models import Site
-from core.supply.models import Shipment
+from core.models import Shipment
 from ivrs import serve
 from ivrs.cli import main
 from ivrs.scheduler import (

@@ -32,7 +32,7 @@ from core.login import change_pin
 from core.models import AuditEvent, ListEntry, Randomization, Site, Subject, User
 from core.studies import get_study
 from core.supply.kit_import import import_kits
-from core.supply.models import Kit
+from core.models import Kit
 from core.users import add_user
 from ivrs.demo import STUDY_CODE
 from ivrs.phone import HttpTransport, Phone, parse_twiml

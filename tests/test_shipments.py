@@ -17,7 +17,7 @@ from core.models import Depot, Site, Study
 from core.study_loader import load_study
 from core.supply.kit_import import import_kits
 from core.supply.kits import apply_move
-from core.supply.models import Kit, KitType, Notification, Shipment, ShipmentKit
+from core.models import Kit, KitType, Notification, Shipment, ShipmentKit
 from core.supply.receipt import receive_shipment, reject_quarantine, release_quarantine
 from core.supply.shipments import (
     ShipmentPlan,

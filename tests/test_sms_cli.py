@@ -7,7 +7,7 @@ from sqlalchemy import select
 from test_call_cli import ivrs
 from test_sms_flows import randomized_subject
 
-from core.supply.models import Kit
+from core.models import Kit
 from ivrs.cli import main
 
 

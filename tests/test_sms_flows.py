@@ -16,7 +16,7 @@ from core.actors import ADMIN, Actor
 from core.models import AuditEvent, Site, Subject, User
 from core.randomize import randomize
 from core.subjects import screen_subject
-from core.supply.models import Kit, Notification, Shipment
+from core.models import Kit, Notification, Shipment
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
 from core.users import add_user, reset_pin, set_locked

@@ -14,7 +14,7 @@ from voice import PARIS, TOKEN, demo_study_in_english, session_store
 
 from core.actors import ADMIN, Actor
 from core.models import User
-from core.supply.models import Kit, SubjectVisit
+from core.models import Kit, SubjectVisit
 from core.users import add_user
 from ivrs.app import create_app
 from ivrs.config import Settings

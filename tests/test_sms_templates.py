@@ -25,7 +25,7 @@ from sqlalchemy import select
 from studyfiles import DATA, MRL_CSV, signed, write_study
 
 from core.actors import Actor, actor_for_user
-from core.approvals import decide, expire_stale
+from core.gates import decide, expire_stale
 from core.clock import utcnow
 from core.errors import Refused
 from core.models import Arm, Study
@@ -36,7 +36,7 @@ from core.subjects import screen_subject
 from core.supply.confirmation import MAX_NAMED_KITS
 from core.supply.expiry import run_expiry
 from core.supply.kit_import import import_kits
-from core.supply.models import Kit, KitType, Lot, Notification, Shipment, ShipmentKit
+from core.models import Kit, KitType, Lot, Notification, Shipment, ShipmentKit
 from core.supply.receipt import receive_shipment
 from core.supply.resupply import run_resupply
 from core.supply.returns import approve_return, declare_return, reject_return

@@ -33,7 +33,7 @@ from core.supply import lifecycle as kit
 from core.supply.dispensing import dispense, replace_kit
 from core.supply.expiry import run_expiry
 from core.supply.kit_import import import_kits
-from core.supply.models import Kit, Shipment
+from core.models import Kit, Shipment
 from core.supply.receipt import receive_shipment, reject_quarantine, release_quarantine
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment

@@ -21,7 +21,7 @@ from core.study_loader import load_study
 from core.subjects import screen_subject
 from core.supply.kit_import import import_kits
 from core.supply.kits import apply_move, lock_kits
-from core.supply.models import Kit, Shipment
+from core.models import Kit, Shipment
 from core.supply.receipt import receive_shipment
 from core.supply.shipments import dispatch_shipment, request_shipment
 from ivrs.cli import main

@@ -14,13 +14,13 @@ from sqlalchemy import select, update
 from voice import BARCELONA, PARIS, TODAY, says
 
 from core.actors import Actor
-from core.approvals import expire_stale
+from core.gates import expire_stale
 from core.audit import blinded
 from core.models import Approval, AuditEvent, Randomization, Subject, Unblinding, User
 from core.randomize import randomize
 from core.study_loader import load_study
 from core.subjects import screen_subject
-from core.supply.models import Notification
+from core.models import Notification
 from core.users import add_user
 
 STUDY = "DEMO-301"

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from core.actors import ADMIN
 from core.models import AuditEvent, Randomization, Subject, User
-from core.supply.models import Kit, Shipment
+from core.models import Kit, Shipment
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
 from core.users import add_user, reset_pin

@@ -46,7 +46,7 @@ from core.actors import ADMIN, Actor
 from core.models import Base, Site, Subject, User
 from core.randomize import randomize
 from core.subjects import screen_subject
-from core.supply.models import Kit, Shipment
+from core.models import Kit, Shipment
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
 from core.users import add_user

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import Study
-from core.supply.models import Kit, SubjectVisit
+from core.models import Kit, SubjectVisit
 from core.supply.visits import parse_schedule
 
 # Subjects per round of queries (an IN list of subject ids, well under every

@@ -45,7 +45,7 @@ from core.models import Randomization, Site, Study, Subject, SubjectStatusChange
 from core.reports import _utc  # one UTC format for every output
 from core.subjects import DISCONTINUED, RANDOMIZED, SCREEN_FAILED, SCREENED
 from core.supply import lifecycle
-from core.supply.models import Kit, SubjectVisit
+from core.models import Kit, SubjectVisit
 from core.supply.visits import DONE, MISSED
 
 NAMESPACE = "http://www.cdisc.org/ns/odm/v1.3"

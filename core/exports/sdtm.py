@@ -52,7 +52,7 @@ from core.models import (
 from core.reports import _stream, write_table
 from core.subjects import DISCONTINUED, SCREEN_FAILED
 from core.supply.lifecycle import DAMAGED, MISSING
-from core.supply.models import Kit, KitType
+from core.models import Kit, KitType
 
 EX_COLUMNS = ["STUDYID", "DOMAIN", "USUBJID", "EXSEQ", "EXREFID", "EXTRT", "VISITNUM", "VISIT",
               "EXSTDTC"]

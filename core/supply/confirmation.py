@@ -43,7 +43,7 @@ from core.service import service_call
 from core.studies import get_study, study_ref
 from core.supply.kits import apply_move, lock_kits, supply_settings
 from core.supply.lifecycle import ASSIGNED, DISPENSED
-from core.supply.models import Kit
+from core.models import Kit
 from core.supply.outbox import notify
 
 REQUEST_KIND = "kit_confirmation"

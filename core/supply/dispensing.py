@@ -45,7 +45,7 @@ from core.subjects import DISCONTINUED, RANDOMIZED
 from core.supply.confirmation import request_confirmation
 from core.supply.kits import apply_move, lock_kits, not_in_open_return
 from core.supply.lifecycle import ASSIGNED, AVAILABLE, DISPENSED
-from core.supply.models import Kit, KitType
+from core.models import Kit, KitType
 from core.supply.visits import (
     DONE,
     MISSED,

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.models import Site, Study, Subject
 from core.reports import Report, _stream, _utc, within_days
-from core.supply.models import Kit, KitType
+from core.models import Kit, KitType
 
 
 def dispensing(session: Session, study: Study, blinded: bool = True, *,

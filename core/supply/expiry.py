@@ -35,7 +35,7 @@ from core.models import Depot, Site, Study
 from core.studies import get_study
 from core.supply.kits import apply_move, supply_settings
 from core.supply.lifecycle import AT_DEPOT, AVAILABLE, QUARANTINED, RESERVED
-from core.supply.models import Kit
+from core.models import Kit
 from core.supply.outbox import notify
 
 SYSTEM_ACTOR = "system:expiry"

@@ -40,7 +40,7 @@ from core.errors import FileError, FileErrors
 from core.models import Depot, Site, Study
 from core.studies import get_study
 from core.supply.lifecycle import AT_DEPOT, AVAILABLE
-from core.supply.models import Kit, KitType, Lot
+from core.models import Kit, KitType, Lot
 
 COLUMNS = ("kit_number", "kit_type", "lot", "expiry_date", "location")
 KIT_NUMBER = re.compile(r"[0-9]{1,20}")  # fits Kit.kit_number; read out on the phone

@@ -18,7 +18,7 @@ from core.audit import AuditLog
 from core.clock import utcnow
 from core.models import Study
 from core.supply.lifecycle import move
-from core.supply.models import Kit, KitReturn, ReturnKit
+from core.models import Kit, KitReturn, ReturnKit
 
 # A return is open from its declaration until the depot receives it (or it is rejected).
 OPEN_RETURN_STATUSES = ("declared", "approved")

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.audit import AuditLog
-from core.supply.models import Notification
+from core.models import Notification
 
 PENDING = "pending"
 EXPANDED = "expanded"  # turned into deliveries (core.deliveries): the sender has it

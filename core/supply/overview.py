@@ -62,7 +62,7 @@ from core.supply.lifecycle import (
     QUARANTINED,
     RETURNED_BY_SUBJECT,
 )
-from core.supply.models import Kit, KitType, Shipment
+from core.models import Kit, KitType, Shipment
 from core.supply.visits import utc_date
 
 COVER_DAYS = 28

@@ -29,7 +29,7 @@ from core.models import Site
 from core.service import service_call
 from core.supply.kits import apply_move, lock_kits
 from core.supply.lifecycle import QUARANTINED
-from core.supply.models import ShipmentKit
+from core.models import ShipmentKit
 from core.supply.outbox import notify
 from core.supply.shipments import (
     DISPATCHED,

@@ -33,7 +33,7 @@ from core.reports import (  # one UTC format and one date filter for every repor
     within_days,
 )
 from core.supply.lifecycle import ASSIGNED
-from core.supply.models import Kit, KitType, Lot, Shipment, ShipmentKit
+from core.models import Kit, KitType, Lot, Shipment, ShipmentKit
 
 
 def _day(value: date | None) -> str:

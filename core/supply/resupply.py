@@ -76,7 +76,7 @@ from core.models import Depot, Randomization, Site, Study, Subject
 from core.studies import get_study
 from core.supply.kits import not_in_open_return, supply_settings
 from core.supply.lifecycle import AVAILABLE, IN_TRANSIT, RESERVED
-from core.supply.models import Kit, KitType, Shipment, SiteSupply, SubjectVisit
+from core.models import Kit, KitType, Shipment, SiteSupply, SubjectVisit
 from core.supply.outbox import notify
 from core.supply.shipments import CANCELLED, DISPATCHED, REQUESTED, ShipmentPlan, create_shipment
 from core.supply.visits import Schedule, schedule_for, utc_date

@@ -45,7 +45,7 @@ from core.signatures import Signature
 from core.subjects import lock_subject_row
 from core.supply.kits import apply_move, lock_kits
 from core.supply.lifecycle import ASSIGNED, DISPENSED, RETURNABLE, UNUSABLE
-from core.supply.models import Kit, KitReturn, KitType, ReturnKit
+from core.models import Kit, KitReturn, KitType, ReturnKit
 from core.supply.outbox import notify
 from core.supply.shipments import DEPOT_ROLES, required_text
 
@@ -228,7 +228,8 @@ def reject_return(db: Database, *, return_number: str, reason: str, actor: Actor
 def _decide(db: Database, return_number: str, approve: bool, reason: str | None, actor: Actor,
             signature: Signature | None, study: str | None, key: str | None) -> ReturnResult:
     try:
-        decision = approvals.decide(db, number=str(return_number or "").strip(),
+        decision = approvals.decide(db, gates={GATE.kind: GATE},
+                                    number=str(return_number or "").strip(),
                                     approve=approve, reason=reason, actor=actor,
                                     signature=signature, kind="return", study=study,
                                     idempotency_key=key)
@@ -294,8 +295,8 @@ def _describe_return(session: Session, approval: Approval) -> str:
     return f"return of {count} kit{'s' if count != 1 else ''} to the depot"
 
 
-approvals.register(approvals.Gate(
-    "return", lambda session, study_id: APPROVER_ROLES, _return_decided, _return_expired, _describe_return))
+GATE = approvals.Gate("return", lambda session, study_id: APPROVER_ROLES, _return_decided,
+                      _return_expired, _describe_return)
 
 
 # --- 4. the depot receives ---------------------------------------------------------------------

@@ -31,7 +31,7 @@ from core.models import Depot, Site, Study
 from core.service import service_call
 from core.supply.kits import apply_move, last_shippable_expiry
 from core.supply.lifecycle import AT_DEPOT, RESERVED
-from core.supply.models import Kit, KitType, Shipment, ShipmentKit, SiteSupply
+from core.models import Kit, KitType, Shipment, ShipmentKit, SiteSupply
 from core.supply.outbox import notify
 
 REQUESTED, DISPATCHED, RECEIVED, CANCELLED = "requested", "dispatched", "received", "cancelled"

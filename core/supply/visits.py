@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from core.errors import Refused
 from core.models import Randomization, RandomizationEvent
 from core.randomization.strata import parse_key
-from core.supply.models import SubjectVisit
+from core.models import SubjectVisit
 
 DONE, MISSED = "done", "missed"
 

@@ -10,7 +10,7 @@ signature cancels the decision (and runs as a command). The PIN is never kept.
 
 from __future__ import annotations
 
-from core.approvals import check_decider, decide
+from core.gates import check_decider, decide
 from core.errors import IvrsError, Refused
 from core.signatures import Signature, sign
 

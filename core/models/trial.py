@@ -1,4 +1,5 @@
-"""The trial's data model (SQLAlchemy 2.x, typed).
+"""The trial's tables (SQLAlchemy 2.x, typed): studies and their design, sites,
+users, subjects, randomization, approvals, unblinding, idempotency, the audit trail.
 
 Every record belongs to one study: one deployment hosts many studies (and a
 study's UAT copy beside production), and webhooks are routed by dialed number.
@@ -14,37 +15,15 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     ForeignKey,
     Index,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.clock import utcnow
-
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-def _now() -> datetime:
-    return utcnow()
-
-
-Timestamp = DateTime(timezone=True)
+from core.models.base import Base, Timestamp, _now
 
 
 # --- study and its configuration -------------------------------------------------
@@ -466,8 +445,3 @@ class AuditHead(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
     seq: Mapped[int] = mapped_column(default=0)
     hash: Mapped[str] = mapped_column(String(64))
-
-
-# The supply tables live in their own module; importing it here puts them in
-# Base.metadata wherever the model is used (migrations, tests, reports).
-from core.supply import models as _supply_models  # noqa: E402, F401

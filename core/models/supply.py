@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Date, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models import Base, Timestamp, _now
+from core.models.base import Base, Timestamp, _now
 
 
 class KitType(Base):
@@ -232,17 +232,3 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
 
-
-__all__ = [
-    "Delivery",
-    "Kit",
-    "KitReturn",
-    "KitType",
-    "Lot",
-    "Notification",
-    "ReturnKit",
-    "Shipment",
-    "ShipmentKit",
-    "SiteSupply",
-    "SubjectVisit",
-]
