@@ -1,6 +1,6 @@
 """Twilio's door: routes, signature check, session in and out, TwiML back.
 
-No logic lives here: ``ivrs.calls`` runs a request through the dialog. Every
+No logic lives here: ``ivrs.conversations.calls`` runs a request through the dialog. Every
 answer to Twilio is TwiML with status 200, also when something failed on our
 side (then an apology and a hang-up); only an unsigned request gets a 403.
 """
@@ -14,8 +14,8 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy import text
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from ivrs import calls, texts
-from ivrs.twiml import apology
+from ivrs.conversations import calls, texts
+from ivrs.render.twiml import apology
 
 log = logging.getLogger("ivrs.webhooks")
 blueprint = Blueprint("webhooks", __name__)
@@ -145,8 +145,8 @@ def _database_answers(db) -> bool:
 @blueprint.post("/sms/status")
 def sms_status():
     """An outbound message's status callback: the delivery moves forward
-    (ivrs.notify.record_status). Always 204, whatever we make of it."""
-    from ivrs.notify import record_status
+    (ivrs.outbound.notify.record_status). Always 204, whatever we make of it."""
+    from ivrs.outbound.notify import record_status
 
     try:
         record_status(_runtime().db, request.form.to_dict(flat=True))

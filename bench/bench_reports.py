@@ -51,8 +51,8 @@ from sqlalchemy import insert, select, text  # noqa: E402
 from core.models import Arm, Randomization, RandomizationEvent, Site, Subject  # noqa: E402
 from core.report_registry import SPECS  # noqa: E402
 from core.studies import get_study  # noqa: E402
-from ivrs.demo import STUDY_CODE, set_up_demo_study  # noqa: E402
-from ivrs.report_files import ReportHeader, write_report  # noqa: E402
+from ivrs.demo.scenario import STUDY_CODE, set_up_demo_study  # noqa: E402
+from ivrs.render.report_files import ReportHeader, write_report  # noqa: E402
 
 SECTION = "Reports"
 BATCH = 10_000  # rows per bulk insert

@@ -108,12 +108,12 @@ from core.users import add_user  # noqa: E402
 from dialogs.output import LanguageName, Say  # noqa: E402
 from ivrs.app import create_app  # noqa: E402
 from ivrs.config import Settings  # noqa: E402
-from ivrs.demo import STRATA, STUDY_CODE, set_up_demo_study  # noqa: E402
-from ivrs.phone import AppTransport  # noqa: E402
-from ivrs.sessions import RedisSessionStore  # noqa: E402
-from ivrs.sms_text import for_sms  # noqa: E402
-from ivrs.speech import text  # noqa: E402
-from ivrs.texter import Texter, parse_reply  # noqa: E402
+from ivrs.demo.scenario import STRATA, STUDY_CODE, set_up_demo_study  # noqa: E402
+from ivrs.demo.phone import AppTransport  # noqa: E402
+from ivrs.conversations.sessions import RedisSessionStore  # noqa: E402
+from ivrs.render.sms_text import for_sms  # noqa: E402
+from ivrs.render.speech import text  # noqa: E402
+from ivrs.demo.texter import Texter, parse_reply  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
@@ -578,12 +578,12 @@ def profile_commands(args, schema: Schema, db: Database, sender: Sender, run_id:
 PROFILE_PARTS = (
     ("Flask dispatch (routes and before_request)", "flask/app.py", ("full_dispatch_request",)),
     ("signature check", "webhooks.py", ("signature_valid",)),
-    ("texts.answer (all of the message's work)", "ivrs/texts.py", ("answer",)),
+    ("texts.answer (all of the message's work)", "ivrs/conversations/texts.py", ("answer",)),
     ("the study and the sender's users, one read (users_for_phone)", "core/login.py",
      ("users_for_phone",)),
     ("the dialog and its command (dialogs.sms.run)", "dialogs/sms/machine.py", ("run",)),
-    ("reply rendering (texts.reply)", "ivrs/texts.py", ("reply",)),
-    ("Redis: claim, session load, kept reply and session save", "ivrs/sessions.py",
+    ("reply rendering (texts.reply)", "ivrs/conversations/texts.py", ("reply",)),
+    ("Redis: claim, session load, kept reply and session save", "ivrs/conversations/sessions.py",
      ("claim", "load", "save")),
     ("connection pool pre-ping", "_psycopg_common.py", ("do_ping",)),
 )

@@ -3,7 +3,7 @@
 
     python bench/bench_speech.py [--seconds S] [--no-write]
 
-What a dialog step pays to turn its prompt ids into words: ``ivrs.speech.text``
+What a dialog step pays to turn its prompt ids into words: ``ivrs.render.speech.text``
 for a mix of real prompts (a plain one, one with digits read one by one, one
 with a plural count and a study term, one with a date, an SMS reply with a
 list of kit numbers), catalogs loaded once per process as the server does.
@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from dialogs.output import Digits, Say, Term
-from ivrs import speech
+from ivrs.render import speech
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Speech rendering"

@@ -9,7 +9,7 @@
 Two benchmarks (``--only`` picks some; both run by default):
 
 ``calls``
-    The standard flows driven with ``ivrs.phone.Phone`` through the Flask app
+    The standard flows driven with ``ivrs.demo.phone.Phone`` through the Flask app
     in this process (``AppTransport``, the demo study in a SQLite file): sign-in,
     screening, a randomization call from dialing to the kit number, a
     dispensation on day 28 and a shipment receipt with every kit in good
@@ -94,12 +94,12 @@ from core.subjects import screen_subject
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
 from core.users import add_user
-from ivrs import calls as voice_calls
+from ivrs.conversations import calls as voice_calls
 from ivrs.app import create_app
 from ivrs.config import Settings
-from ivrs.demo import STUDY_CODE, set_up_demo_study
-from ivrs.phone import AppTransport, Phone
-from ivrs.sessions import MemorySessionStore, RedisSessionStore
+from ivrs.demo.scenario import STUDY_CODE, set_up_demo_study
+from ivrs.demo.phone import AppTransport, Phone
+from ivrs.conversations.sessions import MemorySessionStore, RedisSessionStore
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
@@ -240,7 +240,7 @@ def bench_calls(args, schema) -> dict:
 
 def calls_markdown(args, data: dict) -> list[str]:
     lines = [
-        ("The standard flows, driven with `ivrs.phone.Phone` through the app in-process "
+        ("The standard flows, driven with `ivrs.demo.phone.Phone` through the app in-process "
          "(demo study, SQLite file, English prompts). Estimated length = words spoken at "
          f"{args.wpm:g} words per minute (a number read digit by digit counts one word per "
          f"digit) + {args.key_seconds:g} s per key pressed (`#` included) + "
@@ -823,13 +823,13 @@ def profile_steps(args, schema: Schema, db: Database, user, subject: str, run_id
 PROFILE_PARTS = (
     ("Flask dispatch (routes and before_request)", "flask/app.py", "full_dispatch_request"),
     ("signature check (RequestValidator)", "webhooks.py", "signature_valid"),
-    ("calls.answer (session, dialog, TwiML)", "ivrs/calls.py", "answer"),
-    ("session load from Redis", "ivrs/sessions.py", "load"),
-    ("session save to Redis", "ivrs/sessions.py", "save"),
+    ("calls.answer (session, dialog, TwiML)", "ivrs/conversations/calls.py", "answer"),
+    ("session load from Redis", "ivrs/conversations/sessions.py", "load"),
+    ("session save to Redis", "ivrs/conversations/sessions.py", "save"),
     ("dialog step (dialogs.voice.run)", "dialogs/voice/machine.py", "run"),
     ("transitions add_model", "transitions/core.py", "add_model"),
     ("transitions remove_model", "transitions/core.py", "remove_model"),
-    ("TwiML render (ivrs.twiml.voice_response)", "ivrs/twiml.py", "voice_response"),
+    ("TwiML render (ivrs.render.twiml.voice_response)", "ivrs/render/twiml.py", "voice_response"),
     ("randomization preview (PostgreSQL read)", "core/previews.py", "randomization_questions"),
 )
 

@@ -4,7 +4,7 @@ A notification (``core.supply.outbox``) names an audience; the sender turns it
 into ``Delivery`` rows, one per user who should get it, and then works from
 those rows alone. This module is the database side of that work, free of
 Twilio: who the recipients are, the expansion, the claim of one due delivery,
-and every outcome the sender or a status callback records. ``ivrs.notify``
+and every outcome the sender or a status callback records. ``ivrs.outbound.notify``
 does the talking to Twilio.
 
 Why a row per recipient: each message has its own attempts, backoff, provider

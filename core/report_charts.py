@@ -1,4 +1,4 @@
-"""Charts as data: what a report wants drawn (``ivrs.report_files`` draws it).
+"""Charts as data: what a report wants drawn (``ivrs.render.report_files`` draws it).
 
 A chart is one panel per group (a site, say), each with lines over time (a
 kit status, say). Data only: no drawing library is imported by the core.

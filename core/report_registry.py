@@ -6,7 +6,7 @@ A report's rows come from its builder, ``(session, study, blinded, **filters)
 -> (columns, rows)`` with rows streamed (see ``core.reports``); ``filters`` names
 the keywords among ``site``, ``start`` and ``end`` (dates, inclusive) that the
 builder takes. The formats (CSV, Excel, PDF) are the presentation's
-(``ivrs.report_files``).
+(``ivrs.render.report_files``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a dialog says: prompt ids with parameters, never text or TwiML.
 
-``ivrs`` renders these in the caller's language (``ivrs.speech``). Parameter
+``ivrs`` renders these in the caller's language (``ivrs.render.speech``). Parameter
 values carry their kind in their type, so the renderer knows how to speak them:
 ``Digits`` are read one by one (subject, kit, confirmation numbers), ``Term``
 is a message id spoken as its text, ``int`` is a quantity, ``datetime.date`` a date.

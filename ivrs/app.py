@@ -9,7 +9,7 @@ from flask import Flask
 
 from core.db import Database
 from ivrs.config import Settings
-from ivrs.sessions import SessionStore, store_for
+from ivrs.conversations.sessions import SessionStore, store_for
 
 log = logging.getLogger("ivrs")
 

@@ -13,7 +13,7 @@ class Settings:
     database_url: str
     redis_url: str | None = None
     twilio_auth_token: str | None = None
-    # Outbound SMS (ivrs.notify): without the account and the number, nothing is
+    # Outbound SMS (ivrs.outbound.notify): without the account and the number, nothing is
     # sent and the messages stay in the outbox.
     twilio_account_sid: str | None = None
     twilio_from_number: str | None = None

@@ -34,7 +34,7 @@ CLIENTS = 8
 def approval_study(pg_db, tmp_path, monkeypatch):
     monkeypatch.setenv("IVRS_TODAY", "2026-11-23")
     demo_study_in_english(pg_db, tmp_path)
-    text = files("ivrs").joinpath("demo_data", "study.yaml").read_text("utf-8")
+    text = files("ivrs.demo").joinpath("data", "study.yaml").read_text("utf-8")
     path = tmp_path / "approval.yaml"
     path.write_text(text.replace("unblinding: {mode: investigator}",
                                  "unblinding: {mode: approval}"), encoding="utf-8")

@@ -24,9 +24,9 @@ from core.report_registry import REPORTS
 from core.studies import get_study
 from core.models import KitType, Notification
 from dialogs.output import Digits, Say
-from ivrs.demo import run_demo
-from ivrs.notify import render
-from ivrs.speech import text
+from ivrs.demo.scenario import run_demo
+from ivrs.outbound.notify import render
+from ivrs.render.speech import text
 
 LOTS = ("LA1", "LP1")  # the demo kit list's lots: one per kit type
 

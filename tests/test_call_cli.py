@@ -10,9 +10,9 @@ from voice import PARIS
 
 from core.models import Subject
 from core.study_loader import load_study
-from ivrs.cli import main
-from ivrs.cli_call import conversation_lines, parse_presses
-from ivrs.phone import parse_twiml
+from ivrs.main import main
+from ivrs.demo.terminal import conversation_lines, parse_presses
+from ivrs.demo.phone import parse_twiml
 
 MENU = "To screen a subject, press 1."
 SCREEN_ONE = "5001# 2468# 1 1"

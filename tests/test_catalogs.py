@@ -1,6 +1,6 @@
 """Every message the code can say exists in every shipped catalog, translated, with
 the same placeholders, and the template, catalogs and compiled catalogs are current
-(``python -m ivrs.catalogs --check``)."""
+(``python -m ivrs.render.catalogs --check``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from babel.messages.catalog import Message
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
 
-from ivrs import speech
-from ivrs.catalogs import LOCALES, check, stale_compiled
-from ivrs.message_ids import NOT_LITERAL, all_ids, literal_ids, notification_ids, prompt_ids
-from ivrs.speech import LOCALES_DIR, MissingCatalog, catalog
+from ivrs.render import speech
+from ivrs.render.catalogs import LOCALES, check, stale_compiled
+from ivrs.render.message_ids import NOT_LITERAL, all_ids, literal_ids, notification_ids, prompt_ids
+from ivrs.render.speech import LOCALES_DIR, MissingCatalog, catalog
 
 # SPEC / issue 6: the languages a release ships, at least.
 REQUIRED = {"en", "fr", "es", "de", "it", "pt_BR", "ja", "zh_CN"}
@@ -83,7 +83,7 @@ def test_translations_are_not_english_copies(language):
 
 
 def test_the_template_the_catalogs_and_the_compiled_catalogs_are_current():
-    assert check() == [], "run: python -m ivrs.catalogs"
+    assert check() == [], "run: python -m ivrs.render.catalogs"
 
 
 # --- the check names what is wrong, whatever Babel version wrote the files ------------------------

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from core import append_only
 from dialogs.output import Digits, Term
-from ivrs.cli import main
+from ivrs.main import main
 from studyfiles import MRL_CSV, STUDY_YAML
 
 
@@ -124,7 +124,7 @@ def test_user_administration(loaded, db):
 
 def spoken(message_id: str, language: str, **params) -> str:
     from dialogs.output import Say
-    from ivrs.speech import text
+    from ivrs.render.speech import text
 
     return text(Say(message_id, params), language)
 

@@ -15,7 +15,7 @@ from core.models import AuditEvent
 from core.study_loader import load_study
 from core.supply.expiry import run_expiry
 from core.models import Kit, Notification
-from ivrs.cli import main
+from ivrs.main import main
 
 
 def statuses(db, numbers) -> dict[str, str]:

@@ -35,7 +35,7 @@ from core.supply.confirmation import confirm_kit
 from core.supply.dispensing import dispense, replace_kit
 from core.models import Kit, KitType, Lot
 from core.unblinding import unblind
-from ivrs.cli import main
+from ivrs.main import main
 
 ODM_SCHEMA = Path(__file__).parent / "data" / "odm" / "ODM1-3-2.xsd"
 NS = {"odm": "http://www.cdisc.org/ns/odm/v1.3"}

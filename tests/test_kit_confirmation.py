@@ -41,7 +41,7 @@ from core.supply.dispensing import dispense, replace_kit
 from core.supply.dispensing_report import dispensing
 from core.models import Notification
 from core.supply.reports import unconfirmed_kits
-from ivrs.speech import LOCALES_DIR
+from ivrs.render.speech import LOCALES_DIR
 
 INVESTIGATOR = Actor(role="investigator", user_code="5002", site_codes=frozenset({"101"}))
 INVESTIGATOR_102 = Actor(role="investigator", user_code="5005",
@@ -276,7 +276,7 @@ def test_the_report_lists_unconfirmed_kits_blinded(study):
 def test_supply_run_reminds_and_the_report_command_lists(study, database_env):
     from click.testing import CliRunner
 
-    from ivrs.cli import main
+    from ivrs.main import main
 
     stocked(study, n=2)
     subject = enroll(study)
@@ -330,8 +330,8 @@ def test_a_study_file_sets_the_reminder_delay(tmp_path):
 
 def test_the_request_text_lists_the_kits_of_one_assignment():
     from dialogs.output import Say
-    from ivrs.speech import text
-    from ivrs.sms_text import segments
+    from ivrs.render.speech import text
+    from ivrs.render.sms_text import segments
 
     said = text(Say("sms.kit_confirm_request", {
         "subject": "10100001", "visit": "VISIT6", "kits": ["1234567890"] * 4}), "en")

@@ -14,8 +14,8 @@ from test_sms_flows import randomized_subject
 
 from core.models import User
 from dialogs.output import Digits, Say
-from ivrs.sms_text import segments
-from ivrs.speech import available_languages, say_language, text
+from ivrs.render.sms_text import segments
+from ivrs.render.speech import available_languages, say_language, text
 from voice import PARIS
 
 
@@ -92,7 +92,7 @@ def test_a_japanese_keyword_and_full_width_digits(voice):
 
 
 def test_every_shipped_language_has_its_own_twilio_language_and_voice():
-    from ivrs.speech import say_voice
+    from ivrs.render.speech import say_voice
 
     languages = available_languages()
     assert len({say_language(lang) for lang in languages}) == len(languages)
@@ -101,7 +101,7 @@ def test_every_shipped_language_has_its_own_twilio_language_and_voice():
 
 
 def test_the_terminal_phone_hides_a_pin_asked_in_japanese(voice):
-    from ivrs.cli_call import asks_for_pin
+    from ivrs.demo.terminal import asks_for_pin
 
     speak(voice.db, "5001", "ja")
     phone = voice.phone(PARIS)
@@ -112,7 +112,7 @@ def test_the_terminal_phone_hides_a_pin_asked_in_japanese(voice):
 def test_every_say_names_the_language_s_voice(voice):
     import xml.etree.ElementTree as ET
 
-    from ivrs.speech import SAY_VOICES
+    from ivrs.render.speech import SAY_VOICES
 
     speak(voice.db, "5001", "ja")
     heard = voice.phone(PARIS).dial()

@@ -30,14 +30,14 @@ from core.study_loader import load_study
 from core.models import Delivery, Notification
 from core.supply.outbox import notify
 from dialogs.output import Say
-from ivrs import speech
+from ivrs.render import speech
 from ivrs.app import create_app
-from ivrs.cli import main
+from ivrs.main import main
 from ivrs.config import Settings
-from ivrs.notify import gateway, send_pending
-from ivrs.scheduler import start_sender
-from ivrs.sessions import MemorySessionStore
-from ivrs.sms_text import for_sms
+from ivrs.outbound.notify import gateway, send_pending
+from ivrs.outbound.scheduler import start_sender
+from ivrs.conversations.sessions import MemorySessionStore
+from ivrs.render.sms_text import for_sms
 
 COORDINATOR = "+33655500101"  # user 5001, site 101
 INVESTIGATOR = "+33655500102"  # user 5002, site 101

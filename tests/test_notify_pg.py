@@ -22,7 +22,7 @@ from core.models import AuditEvent
 from core.studies import get_study
 from core.study_loader import load_study
 from core.models import Delivery
-from ivrs.notify import gateway, send_pending
+from ivrs.outbound.notify import gateway, send_pending
 
 SENDERS = 4
 MESSAGES = 200

@@ -41,7 +41,7 @@ from core.supply.receipt import receive_shipment
 from core.supply.shipments import dispatch_shipment, request_shipment
 from core.unblinding import unblind
 from core.users import set_locked
-from ivrs.cli import main
+from ivrs.main import main
 
 PARIS = Actor(role="site_coordinator", user_code="5001", site_codes=frozenset({"101"}),
               channel="voice")

@@ -38,11 +38,11 @@ from core.models import Arm, Randomization, RandomizationEvent, Site, Subject
 from core.report_charts import Chart, Panel, Series
 from core.report_registry import SPECS
 from core.studies import get_study
-from ivrs.cli import main
-from ivrs.demo import SCENES, STUDY_CODE, DemoLine, DemoRun, set_up_demo_study
-from ivrs.report_files import ReportHeader, write_report
-from ivrs.report_files.pdf_file import column_widths, wrap, write_pdf
-from ivrs.report_files.xlsx_file import write_xlsx
+from ivrs.main import main
+from ivrs.demo.scenario import SCENES, STUDY_CODE, DemoLine, DemoRun, set_up_demo_study
+from ivrs.render.report_files import ReportHeader, write_report
+from ivrs.render.report_files.pdf_file import column_widths, wrap, write_pdf
+from ivrs.render.report_files.xlsx_file import write_xlsx
 
 FORMATS = ("csv", "xlsx", "pdf")
 STATISTICIAN = {"IVRS_PIN": "9753"}  # user 5004, the demo's unblinded statistician

@@ -454,7 +454,7 @@ def test_cli_returns(site101, database_env):
     db, _, _ = site101
     unused = kits_at(db, "101")
     runner = CliRunner()
-    from ivrs.cli import main
+    from ivrs.main import main
 
     def run(*args, pin="246810"):
         return runner.invoke(main, list(args), catch_exceptions=False, env={"IVRS_PIN": pin})

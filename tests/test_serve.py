@@ -17,9 +17,9 @@ from voice import demo_study_in_english
 
 from core.models import Site
 from core.models import Shipment
-from ivrs import serve
-from ivrs.cli import main
-from ivrs.scheduler import (
+from ivrs.server import serve
+from ivrs.main import main
+from ivrs.outbound.scheduler import (
     SUPPLY_LOCK_CLASS,
     ScheduleError,
     SupplyScheduler,

@@ -34,8 +34,8 @@ from core.studies import get_study
 from core.supply.kit_import import import_kits
 from core.models import Kit
 from core.users import add_user
-from ivrs.demo import STUDY_CODE
-from ivrs.phone import HttpTransport, Phone, parse_twiml
+from ivrs.demo.scenario import STUDY_CODE
+from ivrs.demo.phone import HttpTransport, Phone, parse_twiml
 
 pytestmark = pytest.mark.postgres
 
@@ -120,7 +120,7 @@ def ivrs_serve(db, today: date, log_dir: Path):
     log_path = log_dir / f"serve-{port}.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-c", "from ivrs.cli import main; main()", "serve",
+            [sys.executable, "-c", "from ivrs.main import main; main()", "serve",
              "--port", str(port), "--workers", str(WORKERS)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

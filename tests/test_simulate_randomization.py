@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from core.errors import IvrsError
 from core.simulation.randomization import Settings, parse_distribution, simulate_randomization
-from ivrs.cli import main
+from ivrs.main import main
 
 SITES = """\
 sites:

@@ -16,9 +16,9 @@ from core.simulation.supply import build_model, simulate
 from core.simulation.supply_optimize import optimize, recommendation_yaml
 from core.simulation.supply_summary import summarize
 from core.study_file import parse_study_file
-from ivrs.cli import main
+from ivrs.main import main
 
-DEMO = Path(__file__).resolve().parents[1] / "ivrs" / "demo_data"
+DEMO = Path(__file__).resolve().parents[1] / "ivrs" / "demo" / "data"
 
 TWO_ARMS = """
 study: {code: SIM-1, name: "Simulated study", languages: [en]}

@@ -8,7 +8,7 @@ from test_call_cli import ivrs
 from test_sms_flows import randomized_subject
 
 from core.models import Kit
-from ivrs.cli import main
+from ivrs.main import main
 
 
 def test_a_kit_confirmation_from_the_terminal(demo_env):

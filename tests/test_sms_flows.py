@@ -22,10 +22,10 @@ from core.supply.shipments import dispatch_shipment
 from core.users import add_user, reset_pin, set_locked
 from ivrs.app import create_app
 from ivrs.config import Settings
-from ivrs.phone import AppTransport
-from ivrs.sessions import MemorySessionStore, SessionStoreError
-from ivrs.sms_text import segments
-from ivrs.texter import Texter
+from ivrs.demo.phone import AppTransport
+from ivrs.conversations.sessions import MemorySessionStore, SessionStoreError
+from ivrs.render.sms_text import segments
+from ivrs.demo.texter import Texter
 
 STUDY = "DEMO-301"
 MARIE = Actor(role="site_coordinator", user_code="5001", site_codes=frozenset({"101"}),
@@ -315,10 +315,10 @@ def test_the_session_ends_after_15_idle_minutes(voice, monkeypatch):
         assert 0 < voice.store._redis.ttl(key) <= 15 * 60
         voice.store.delete(f"sms:{STUDY}:{PARIS}")  # what the TTL does after 15 minutes
     else:
-        import ivrs.sessions
+        import ivrs.conversations.sessions
 
-        later = ivrs.sessions.time.monotonic() + 15 * 60 + 1
-        monkeypatch.setattr(ivrs.sessions.time, "monotonic", lambda: later)
+        later = ivrs.conversations.sessions.time.monotonic() + 15 * 60 + 1
+        monkeypatch.setattr(ivrs.conversations.sessions.time, "monotonic", lambda: later)
     assert texter.send("STOCK").text == "Please reply with your PIN."
 
 
@@ -435,7 +435,7 @@ def test_a_request_for_kits_confirmed_meanwhile_is_not_sent(voice):
     from fake_twilio import FakeTwilio
     from test_notify import settings_for
 
-    from ivrs.notify import gateway, send_pending
+    from ivrs.outbound.notify import gateway, send_pending
 
     _, (confirmed,) = randomized_subject(voice.db)
     _, (pending,) = randomized_subject(voice.db)

@@ -6,9 +6,9 @@ import pytest
 
 from dialogs.output import Say
 from dialogs.sms.keywords import Command, parse, parse_receipt
-from ivrs.sms_text import segments
-from ivrs.texter import parse_reply
-from ivrs.texts import reply
+from ivrs.render.sms_text import segments
+from ivrs.demo.texter import parse_reply
+from ivrs.conversations.texts import reply
 
 
 @pytest.mark.parametrize("body, expected", [

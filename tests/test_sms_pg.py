@@ -18,8 +18,8 @@ from core.models import Kit, SubjectVisit
 from core.users import add_user
 from ivrs.app import create_app
 from ivrs.config import Settings
-from ivrs.phone import AppTransport
-from ivrs.texter import Texter
+from ivrs.demo.phone import AppTransport
+from ivrs.demo.texter import Texter
 
 
 @pytest.fixture

@@ -43,8 +43,8 @@ from core.supply.returns import approve_return, declare_return, reject_return
 from core.supply.shipments import dispatch_shipment
 from core.unblinding import unblind
 from dialogs.output import LanguageName, Say, Term
-from ivrs import speech
-from ivrs.sms_text import MAX_SEGMENTS, is_gsm7, segments
+from ivrs.render import speech
+from ivrs.render.sms_text import MAX_SEGMENTS, is_gsm7, segments
 
 FAMILIES = ("sms.", "notify.")
 KIT_NUMBER = "1" * 20  # kit, subject, shipment, return numbers: String(20) columns
@@ -133,7 +133,7 @@ def fields(text: str) -> set[str]:
 
 
 def renderings(message_id: str, values: dict) -> list[str]:
-    """The message at these values, through ivrs.speech as the sender does; a plural
+    """The message at these values, through ivrs.render.speech as the sender does; a plural
     entry once per form (count 1 and the table's count)."""
     used = set().union(*map(fields, TEMPLATES[message_id]))
     params = {name: values[name] for name in used}
@@ -361,7 +361,7 @@ LANGUAGES = [lang for lang in speech.available_languages() if lang != speech.SOU
 def test_every_text_in_every_language_fits_three_segments_at_its_longest(language):
     """As the sender sends it (``for_sms``): Latin-script languages in GSM-7 where
     their accents allow, Japanese and Chinese in UCS-2 (70 characters a segment)."""
-    from ivrs.sms_text import for_sms
+    from ivrs.render.sms_text import for_sms
 
     too_long = []
     for message_id in sorted(TEMPLATES):

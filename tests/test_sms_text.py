@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ivrs.sms_text import is_gsm7, segments
+from ivrs.render.sms_text import is_gsm7, segments
 
 
 @pytest.mark.parametrize("text,encoding,units,count", [

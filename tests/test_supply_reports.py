@@ -24,7 +24,7 @@ from core.supply.kits import apply_move, lock_kits
 from core.models import Kit, Shipment
 from core.supply.receipt import receive_shipment
 from core.supply.shipments import dispatch_shipment, request_shipment
-from ivrs.cli import main
+from ivrs.main import main
 
 KITS_CSV = DATA / "kits.csv"
 SECRETS = ("KA", "KP", "LA1", "LA2", "LP1", "LP2", "Drug 10 mg", "Placebo")

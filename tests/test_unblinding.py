@@ -88,7 +88,7 @@ def switch_mode(voice, tmp_path, mode: str, approvers: str = "[project_manager]"
     """Reload the demo study with another unblinding mode (audited like any change)."""
     from importlib.resources import files
 
-    text = files("ivrs").joinpath("demo_data", "study.yaml").read_text("utf-8")
+    text = files("ivrs.demo").joinpath("data", "study.yaml").read_text("utf-8")
     text = text.replace("unblinding: {mode: investigator}",
                         f"unblinding: {{mode: {mode}, approvers: {approvers}}}")
     path = tmp_path / "approval.yaml"
@@ -185,7 +185,7 @@ def test_the_reports_list_every_event_blinded_unless_an_unblinded_role_asks(
     for keys in ("5002#", "1357#", "2", "1"):
         heard = phone.press(keys)
     assert arm in heard.text
-    from ivrs.cli import main
+    from ivrs.main import main
 
     runner = CliRunner()
     result = runner.invoke(main, ["report", "unblinding"], catch_exceptions=False)
@@ -350,7 +350,7 @@ def test_cli_approvals_list_approve_and_expiry(voice, tmp_path, database_env, mo
     second = randomized(voice.db)
     number = request_by_phone(voice, first)
     other = request_by_phone(voice, second)
-    from ivrs.cli import main
+    from ivrs.main import main
 
     runner = CliRunner()
     listed = runner.invoke(main, ["approvals", "list"], catch_exceptions=False)

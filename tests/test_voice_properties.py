@@ -50,8 +50,8 @@ from core.models import Kit, Shipment
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
 from core.users import add_user
-from ivrs.demo import days_later
-from ivrs.speech import SAY_LANGUAGES
+from ivrs.demo.scenario import days_later
+from ivrs.render.speech import SAY_LANGUAGES
 
 STUDY = "DEMO-301"
 BERLIN = "+4915112345678"
@@ -64,7 +64,7 @@ USERS = [("5001", "2468"), ("5002", "1357"), ("5003", "8642"), ("7001", "1122"),
 CALLERS = [PARIS, BARCELONA, BERLIN, DEPOT, LONDON, PHARMACY, UNKNOWN]
 
 ARM_WORDS = ("Drug X", "Placebo", "KA", "KP", " arm")
-APOLOGY = "cannot take your call"  # ivrs.twiml.apology: the webhook hid an exception
+APOLOGY = "cannot take your call"  # ivrs.render.twiml.apology: the webhook hid an exception
 GATHER_ACTION = re.compile(r"^voice\?step=(\d+)$")
 CONFIRMATION = re.compile(r"Confirmation number ((?:\d ?)+)")
 

@@ -10,11 +10,11 @@ from twilio.request_validator import RequestValidator
 
 from core.models import Randomization
 from helpers import table_counts
-from ivrs import calls
+from ivrs.conversations import calls
 from ivrs.app import create_app
 from ivrs.config import Settings
-from ivrs.phone import AppTransport, Phone, parse_twiml
-from ivrs.sessions import MemorySessionStore, SessionStoreError
+from ivrs.demo.phone import AppTransport, Phone, parse_twiml
+from ivrs.conversations.sessions import MemorySessionStore, SessionStoreError
 from voice import PARIS, TOKEN, says
 
 def call_form() -> dict[str, str]:

@@ -12,10 +12,10 @@ from werkzeug.serving import make_server
 from core.db import Database
 from ivrs.app import create_app
 from ivrs.config import Settings
-from ivrs.demo import set_up_demo_study
-from ivrs.phone import AppTransport, Heard, Phone
-from ivrs.sessions import MemorySessionStore, SessionStore, store_for
-from ivrs.texter import Texter
+from ivrs.demo.scenario import set_up_demo_study
+from ivrs.demo.phone import AppTransport, Heard, Phone
+from ivrs.conversations.sessions import MemorySessionStore, SessionStore, store_for
+from ivrs.demo.texter import Texter
 
 TOKEN = "test-twilio-auth-token"
 TODAY = "2026-11-23"

@@ -194,7 +194,7 @@ class Notification(Base):
 class Delivery(Base):
     """One outbound message to one user: the durable queue row the sender works from.
 
-    The sender (``ivrs.notify``) expands a notification into one delivery per
+    The sender (``ivrs.outbound.notify``) expands a notification into one delivery per
     recipient, with the text rendered in the recipient's language and stored,
     so that what was sent is on record. ``status`` moves forward only:
     ``queued`` -> ``sending`` (claimed by one sender, the request may be under

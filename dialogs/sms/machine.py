@@ -12,7 +12,7 @@ A sender's session (SPEC §7) goes ``new`` -> ``pin`` -> ``ready``:
 - ``sign``: an APPROVE or REJECT waits for its signature, the user ID and PIN
   again (``dialogs.sms.decisions``).
 
-The session lives in the session store for 15 idle minutes (``ivrs.texts``).
+The session lives in the session store for 15 idle minutes (``ivrs.conversations.texts``).
 STOP and START work in every state and without the PIN: carrier rules say a
 user can always opt out, and opting back in is harmless. As in the voice
 dialog, the model is rebuilt per message and the shared machine's event fired
