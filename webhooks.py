@@ -14,17 +14,26 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy import text
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
+from core.fields import BadField, sid
+from core.security_events import security_event
 from ivrs.conversations import calls, texts
-from ivrs.render.twiml import apology
+from ivrs.render.twiml import apology, not_understood
 
 log = logging.getLogger("ivrs.webhooks")
 blueprint = Blueprint("webhooks", __name__)
 
 TWIML = "application/xml"
+CALL_ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 
 def _runtime():
     return current_app.extensions["ivrs"]
+
+
+def _request_sid() -> str | None:
+    """The request's CallSid or MessageSid, when it has one of the right shape
+    (a security event names the request, never echoes whatever was sent)."""
+    return sid(request.form.get("CallSid")) or sid(request.form.get("MessageSid"))
 
 
 def signature_valid() -> bool:
@@ -66,9 +75,7 @@ def _check_signature():
     if request.endpoint in ("webhooks.healthz", "webhooks.static_twiml"):
         return None
     if not signature_valid():
-        log.warning("refused %s %s: bad or missing Twilio signature (sid %s)",
-                    request.method, request.path,
-                    request.form.get("CallSid") or request.form.get("MessageSid") or "-")
+        security_event("signature_refused", path=request.path, request=_request_sid())
         return Response("Forbidden", status=403, mimetype="text/plain")
     return None
 
@@ -76,10 +83,13 @@ def _check_signature():
 @blueprint.post("/voice")
 def voice():
     runtime = _runtime()
-    call = calls.parse_request(request.form.to_dict(flat=True), request.args.get("step"))
-    if call is None:
-        log.warning("voice request without a usable CallSid or step: answered with an apology")
-        return Response(apology(), mimetype=TWIML)
+    try:
+        call = calls.parse_request(request.form.to_dict(flat=True), request.args.get("step"))
+    except BadField as bad:
+        # Twilio sends none of these: a forged or broken request, not our fault.
+        security_event("step_refused" if bad.field == "step" else "bad_input", channel="voice",
+                       field=bad.field, request=_request_sid())
+        return Response(not_understood(), mimetype=TWIML)
     try:
         twiml = calls.answer(runtime.db, runtime.store, call)
     except Exception:  # noqa: BLE001 — the caller hears an apology, we get the trace
@@ -90,10 +100,11 @@ def voice():
 
 @blueprint.post("/voice/status")
 def voice_status():
-    call_sid = request.form.get("CallSid", "")
+    call_sid = sid(request.form.get("CallSid"))
     status = request.form.get("CallStatus", "")
-    log.info("call %s status %s", call_sid or "-", status or "-")
-    if call_sid and status in ("completed", "busy", "failed", "no-answer", "canceled"):
+    ended = status in CALL_ENDED
+    log.info("call %s status %s", call_sid or "-", status if ended else "(not an end)")
+    if call_sid and ended:
         try:
             calls.end(_runtime().store, call_sid)
         except Exception:  # noqa: BLE001 — the session expires on its own anyway
@@ -104,10 +115,11 @@ def voice_status():
 @blueprint.post("/sms")
 def sms():
     runtime = _runtime()
-    message = texts.parse_request(request.form.to_dict(flat=True))
-    if message is None:
-        log.warning("sms request without a usable MessageSid or From: answered with an apology")
-        return Response(texts.apology(), mimetype=TWIML)
+    try:
+        message = texts.parse_request(request.form.to_dict(flat=True))
+    except BadField as bad:
+        security_event("bad_input", channel="sms", field=bad.field, request=_request_sid())
+        return Response(texts.not_understood(), mimetype=TWIML)
     try:
         twiml = texts.answer(runtime.db, runtime.store, message)
     except Exception:  # noqa: BLE001 — the texter gets an apology, we get the trace

@@ -33,6 +33,7 @@ from core.actors import Actor
 from core.clock import as_utc, utcnow
 from core.db import Database
 from core.errors import NotFound, Refused
+from core.fields import is_digits
 from core.models import Approval, Site
 from core.service import ServiceCall, service_call
 from core.signatures import Signature, require_signature
@@ -131,7 +132,7 @@ def check_decider(db: Database, *, gates: Gates, number: str, actor: Actor,
         number = str(number or "").strip()
         approval = session.scalar(select(Approval).where(
             Approval.study_id == ref.id, Approval.number == number)) \
-            if number.isdigit() else None
+            if is_digits(number) else None
         if approval is None:
             raise NotFound(f"no request {number or '(empty)'}", code="unknown_request",
                            number=number)
@@ -190,7 +191,7 @@ def lock_approval(session: Session, study_id: int, number: str,
     if kind is not None:
         query = query.where(Approval.kind == kind)
     approval = session.execute(query.with_for_update()).scalar_one_or_none() \
-        if number.isdigit() else None
+        if is_digits(number) else None
     if approval is None:
         raise NotFound(f"no request {number or '(empty)'}", code="unknown_request",
                        number=number)

@@ -15,8 +15,10 @@ from sqlalchemy import and_, bindparam, select
 from core.actors import Actor
 from core.db import Database
 from core.errors import IvrsError, Refused
+from core.fields import is_digits
 from core.models import Study, StudyPhoneNumber, User
 from core.pins import check_pin, hash_pin, is_valid_pin
+from core.security_events import security_event
 from core.service import service_call
 from core.studies import study_ref
 from core.users import MAX_FAILED_ATTEMPTS
@@ -38,9 +40,10 @@ class Login:
 
 
 def sign_in(db: Database, *, user_code: str, pin: str, channel: str,
-            study: str | None = None) -> Login:
+            study: str | None = None, request_id: str | None = None) -> Login:
     """Check a user ID and PIN. Raises ``Refused`` with code ``bad_credentials``
-    (never saying which of the two was wrong) or ``locked``."""
+    (never saying which of the two was wrong) or ``locked``. ``request_id`` (the
+    CallSid or MessageSid) goes into the security event of a lockout."""
     failed = locked_now = False
     with service_call(db, study, "sign_in", None, Actor(role="admin", channel=channel)) as call:
         user = locked_user_row(call.session, call.study.id, user_code)
@@ -68,6 +71,7 @@ def sign_in(db: Database, *, user_code: str, pin: str, channel: str,
                           language=user.language, pin_temporary=user.pin_temporary)
     if failed:
         if locked_now:
+            security_event("lockout", channel=channel, user=user_code, request=request_id)
             raise Refused(f"user {user_code} is locked", code="locked")
         raise Refused("user ID or PIN not valid", code="bad_credentials")
     return login
@@ -180,7 +184,7 @@ def language_for_phone(db: Database, *, phone: str | None, study: str | None = N
 
 
 def locked_user_row(session, study_id: int, user_code: str) -> User | None:
-    if not user_code.isdigit():
+    if not is_digits(user_code):
         return None
     return session.execute(select(User).where(
         User.study_id == study_id, User.user_code == user_code, User.active.is_(True))

@@ -22,6 +22,8 @@ import os
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from core.fields import is_digits
+
 log = logging.getLogger(__name__)
 
 HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32,
@@ -50,7 +52,7 @@ def _peppered(pin: str) -> str:
 
 
 def is_valid_pin(pin: str) -> bool:
-    return pin.isdigit() and pin.isascii() and MIN_LENGTH <= len(pin) <= MAX_LENGTH
+    return is_digits(pin, MAX_LENGTH) and MIN_LENGTH <= len(pin)
 
 
 def hash_pin(pin: str) -> str:

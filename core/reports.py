@@ -28,6 +28,7 @@ from core.models import (
     Subject,
     Unblinding,
 )
+from core.output_text import for_medium
 
 Report = tuple[list[str], Iterator[tuple]]
 BATCH = 1000
@@ -61,12 +62,14 @@ def _stream(session: Session, query) -> Iterable:
 
 
 def write_table(stream, columns: list[str], rows: Iterable) -> int:
-    """A report's rows as CSV (header first), streamed; the number of rows written."""
+    """A report's rows as CSV (header first), streamed; the number of rows written.
+    Text passes ``core.output_text`` on its way out (what a user typed may be in it)."""
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(columns)
     count = 0
     for row in rows:
-        writer.writerow(row)
+        writer.writerow([for_medium(value, "table") if isinstance(value, str) else value
+                         for value in row])
         count += 1
     return count
 

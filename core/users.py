@@ -13,6 +13,7 @@ from sqlalchemy import select
 from core.actors import ROLES, UNBLINDED_ROLES, Actor
 from core.db import Database
 from core.errors import IvrsError, NotFound, Refused
+from core.fields import is_digits
 from core.models import Site, User
 from core.pins import check_pin, hash_pin, is_valid_pin
 from core.service import service_call
@@ -32,7 +33,7 @@ def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[
              study: str | None = None) -> UserResult:
     """``language`` None: the language of the user's first site, else the study's first."""
     actor.require(frozenset(), "add users")
-    if not user_code.isdigit():
+    if not is_digits(user_code):
         raise IvrsError("a user ID is digits only (it is typed on a keypad)", code="bad_user")
     if role not in ROLES:
         raise IvrsError(f"unknown role {role} (roles: {', '.join(sorted(ROLES))})",

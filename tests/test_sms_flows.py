@@ -341,7 +341,7 @@ def test_an_unsigned_message_is_refused_and_changes_nothing(voice):
     assert kit_status(voice.db, kit)[0] == "assigned"
 
 
-def test_a_malformed_request_gets_an_apology_not_a_500(voice):
+def test_a_malformed_request_is_not_understood_not_a_500(voice):
     from twilio.request_validator import RequestValidator
     from voice import TOKEN
 
@@ -351,7 +351,7 @@ def test_a_malformed_request_gets_an_apology_not_a_500(voice):
         signature = RequestValidator(TOKEN).compute_signature("http://localhost/sms", form)
         response = client.post("/sms", data=form, headers={"X-Twilio-Signature": signature})
         assert response.status_code == 200
-        assert "<Message>Sorry" in response.get_data(as_text=True)
+        assert "<Message>Sorry, your message could not be read" in response.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("sender", [PARIS, BARCELONA])

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import ClassVar
 
@@ -86,6 +87,11 @@ single_keys = st.sampled_from(list("0123456789*#") + ["*#"])
 numbers = st.text("0123456789", min_size=1, max_size=9).map(lambda digits: digits + "#")
 long_entries = st.text("0123456789*#", min_size=10, max_size=80)
 random_keys = st.one_of(st.none(), single_keys, numbers, long_entries)
+# What no keypad sends: other scripts' digits, controls, markup, emoji, long text.
+HOSTILE_ALPHABET = st.characters(codec="utf-8", exclude_characters="\r")
+hostile_keys = st.text(HOSTILE_ALPHABET, min_size=1, max_size=300).filter(
+    lambda keys: not set(keys) <= set("0123456789*#"))
+NOT_UNDERSTOOD = "this request could not be understood"
 
 
 def typed(keys: str | None) -> str:
@@ -342,6 +348,38 @@ class VoiceCalls(RuleBasedStateMachine):
     def press(self, keys: str | None):
         return self.request(self.current, keys)
 
+    # --- requests no Twilio sends (issue 25): not understood, nothing changes -----------------
+
+    forgeries: ClassVar[list[str]] = []  # per test, for the count it prints
+
+    def forged(self, path: str, form: dict[str, str]) -> None:
+        """A signed request off the call's path: the answer says it was not
+        understood, the database and the call stay as they were (the phone does
+        not remember the request, so its next genuine key continues the call)."""
+        self.forgeries.append(path)
+        status, body = self.current.phone._send(path, form)
+        assert status == 200, (status, body)
+        root = ET.fromstring(body)
+        assert [child.tag for child in root] == ["Say", "Hangup"], body
+        assert NOT_UNDERSTOOD in root[0].text, body
+        assert database_content(self.voice.db) == self.content, f"{path} {form!r} changed data"
+
+    @precondition(lambda self: self.current is not None and self.current.waiting)
+    @rule(keys=hostile_keys)
+    def press_hostile(self, keys):
+        self.forged("/" + self.current.phone.last.action, {"Digits": keys})
+
+    @precondition(lambda self: self.current is not None and self.current.waiting)
+    @rule(forgery=st.sampled_from(["+{}", "0{}", " {}", "{}\n", "{}_0", "arabic", "full-width",
+                                   "devanagari"]),
+          key=st.sampled_from(list("123456789")))
+    def forge_step(self, forgery, key):
+        step = GATHER_ACTION.match(self.current.phone.last.action).group(1)
+        bases = {"arabic": 0x0660, "full-width": 0xFF10, "devanagari": 0x0966}
+        token = ("".join(chr(bases[forgery] + int(d)) for d in step) if forgery in bases
+                 else forgery.format(step))
+        self.forged(f"/voice?step={urllib.parse.quote(token)}", {"Digits": key})
+
     # --- calls ---------------------------------------------------------------------------------
 
     @rule(caller=st.sampled_from(CALLERS), then_sign_in=st.sampled_from([True, True, False]),
@@ -497,16 +535,19 @@ def test_voice_webhook_properties(voice, caplog):
     changes only where the dialog confirmed something or checked a PIN."""
     caplog.set_level(logging.INFO)
     prepare_study(voice)
+    forgeries: list[str] = []
     machine = type("DemoStudyCalls", (VoiceCalls,), {
         "voice": voice, "log": caplog, "users": sign_in_state(voice.db),
-        "heard_confirmations": set()})
-    examples = 12 if os.environ.get("IVRS_TEST_DATABASE_URL") else 40
+        "heard_confirmations": set(), "forgeries": forgeries})
+    default = 12 if os.environ.get("IVRS_TEST_DATABASE_URL") else 40
+    examples = int(os.environ.get("IVRS_FUZZ_EXAMPLES", default))
     run_state_machine_as_test(machine, settings=settings(
         max_examples=examples, stateful_step_count=30, deadline=None,
         # CI replays the same sequences every run (a red build must be
         # reproducible); a developer's run explores new ones.
         derandomize=bool(os.environ.get("CI")),
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    print(f"voice state machine: {examples} examples, {len(forgeries)} forged requests")
 
 
 def test_the_change_rule_is_tight():

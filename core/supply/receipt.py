@@ -25,11 +25,11 @@ from core.actors import SITE_ROLES, Actor
 from core.clock import utcnow
 from core.db import Database
 from core.errors import NotFound, Refused
-from core.models import Site
+from core.fields import is_digits
+from core.models import ShipmentKit, Site
 from core.service import service_call
 from core.supply.kits import apply_move, lock_kits
 from core.supply.lifecycle import QUARANTINED
-from core.models import ShipmentKit
 from core.supply.outbox import notify
 from core.supply.shipments import (
     DISPATCHED,
@@ -193,7 +193,7 @@ def _decide(db: Database, trigger: str, actor: Actor, shipment_number: str | Non
 
 def _numbers(values: Iterable[str]) -> set[str]:
     numbers = {str(value).strip() for value in values if str(value).strip()}
-    bad = sorted(number for number in numbers if not number.isdigit())
+    bad = sorted(number for number in numbers if not is_digits(number))
     if bad:
         raise Refused(f"{bad[0]!r} is not a kit number (digits only)", code="bad_kit_number")
     return numbers

@@ -39,13 +39,13 @@ from core.actors import SITE_ROLES, Actor
 from core.clock import utcnow
 from core.db import Database
 from core.errors import NotFound, Refused
-from core.models import Approval, Depot, Site, Study
+from core.fields import is_digits
+from core.models import Approval, Depot, Kit, KitReturn, KitType, ReturnKit, Site, Study
 from core.service import ServiceCall, service_call
 from core.signatures import Signature
 from core.subjects import lock_subject_row
 from core.supply.kits import apply_move, lock_kits
 from core.supply.lifecycle import ASSIGNED, DISPENSED, RETURNABLE, UNUSABLE
-from core.models import Kit, KitReturn, KitType, ReturnKit
 from core.supply.outbox import notify
 from core.supply.shipments import DEPOT_ROLES, required_text
 
@@ -450,7 +450,7 @@ def lock_return(session: Session, study_id: int, return_number: str) -> KitRetur
     kit_return = session.execute(
         select(KitReturn).where(KitReturn.study_id == study_id,
                                 KitReturn.return_number == number)
-        .with_for_update()).scalar_one_or_none() if number.isdigit() else None
+        .with_for_update()).scalar_one_or_none() if is_digits(number) else None
     if kit_return is None:
         raise NotFound(f"no return {number or '(empty)'}", code="unknown_return")
     return kit_return
@@ -469,7 +469,7 @@ def kit_number_set(values: Iterable[str], required: bool = True) -> set[str]:
     if isinstance(values, str):
         values = [values]
     numbers = {str(value).strip() for value in values if str(value).strip()}
-    bad = sorted(number for number in numbers if not number.isdigit())
+    bad = sorted(number for number in numbers if not is_digits(number))
     if bad:
         raise Refused(f"{bad[0]!r} is not a kit number (digits only)", code="bad_kit_number")
     if required and not numbers:

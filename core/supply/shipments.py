@@ -27,11 +27,11 @@ from core.audit import AuditLog
 from core.clock import today
 from core.db import Database
 from core.errors import NotFound, Refused
-from core.models import Depot, Site, Study
+from core.fields import is_digits
+from core.models import Depot, Kit, KitType, Shipment, ShipmentKit, Site, SiteSupply, Study
 from core.service import service_call
 from core.supply.kits import apply_move, last_shippable_expiry
 from core.supply.lifecycle import AT_DEPOT, RESERVED
-from core.models import Kit, KitType, Shipment, ShipmentKit, SiteSupply
 from core.supply.outbox import notify
 
 REQUESTED, DISPATCHED, RECEIVED, CANCELLED = "requested", "dispatched", "received", "cancelled"
@@ -266,7 +266,7 @@ def lock_shipment(session: Session, study_id: int, shipment_number: str) -> Ship
     shipment = session.execute(
         select(Shipment).where(Shipment.study_id == study_id,
                                Shipment.shipment_number == number)
-        .with_for_update()).scalar_one_or_none() if number.isdigit() else None
+        .with_for_update()).scalar_one_or_none() if is_digits(number) else None
     if shipment is None:
         raise NotFound(f"no shipment {number or '(empty)'}", code="unknown_shipment")
     return shipment

@@ -9,6 +9,7 @@ subjects, visits, kits, shipments and counts, never a kit type or an arm.
 from __future__ import annotations
 
 from core.errors import IvrsError
+from core.fields import is_digits
 from core.login import set_language
 from core.overviews import site_stock, subject_overview
 from core.supply.confirmation import confirm_kits
@@ -75,7 +76,7 @@ class CommandsMixin:
 
     def do_kit(self) -> None:
         kits = self.command.args
-        if not kits or not all(k.isdigit() for k in kits):
+        if not kits or not all(is_digits(k) for k in kits):
             self.say("sms.usage.kit")
         elif len(kits) > MAX_KITS_PER_MESSAGE:
             self.say("sms.too_many_kits", limit=MAX_KITS_PER_MESSAGE)
@@ -98,7 +99,7 @@ class CommandsMixin:
             self.say("sms.kits_to_confirm", kits=list(outcome.still_pending))
 
     def do_dispense(self) -> None:
-        if len(self.command.args) != 1 or not self.command.args[0].isdigit():
+        if len(self.command.args) != 1 or not is_digits(self.command.args[0]):
             self.say("sms.usage.disp")
             return
         result = dispense(self.ctx.db, subject_number=self.command.args[0], actor=self.actor(),
@@ -137,7 +138,7 @@ class CommandsMixin:
                      quarantined=site.quarantined, incoming=site.incoming)
 
     def do_status(self) -> None:
-        if len(self.command.args) != 1 or not self.command.args[0].isdigit():
+        if len(self.command.args) != 1 or not is_digits(self.command.args[0]):
             self.say("sms.usage.status")
             return
         found = subject_overview(self.ctx.db, subject_number=self.command.args[0],

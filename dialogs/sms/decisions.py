@@ -10,8 +10,9 @@ signature cancels the decision (and runs as a command). The PIN is never kept.
 
 from __future__ import annotations
 
-from core.gates import check_decider, decide
 from core.errors import IvrsError, Refused
+from core.fields import is_digits
+from core.gates import check_decider, decide
 from core.signatures import Signature, sign
 
 
@@ -25,7 +26,7 @@ class DecisionsMixin:
             return False
         approve = self.command.name == "approve"
         args = self.command.args
-        if not args or not args[0].isdigit() or (not approve and len(args) < 2):
+        if not args or not is_digits(args[0]) or (not approve and len(args) < 2):
             return False
         try:
             check_decider(self.ctx.db, number=args[0], actor=self.actor(),
@@ -59,7 +60,7 @@ class DecisionsMixin:
     # --- the signature ---------------------------------------------------------------------
 
     def looks_like_signature(self) -> bool:
-        return len(self.words) == 2 and all(word.isdigit() for word in self.words)
+        return len(self.words) == 2 and all(is_digits(word) for word in self.words)
 
     def _signature(self) -> Signature | IvrsError:
         if not hasattr(self, "_signed"):

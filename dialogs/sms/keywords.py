@@ -18,6 +18,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from core.fields import is_digits
+
 KEYWORDS = {
     "KIT": "kit", "DISP": "dispense", "RECV": "receive", "STOCK": "stock",
     "STATUS": "status", "LANG": "language", "HELP": "help",
@@ -89,7 +91,7 @@ def parse(body: str | None) -> Command:
     if not words:
         return Command("empty")
     keyword, args = normal(words[0]), tuple(words[1:MAX_ARGUMENTS + 1])
-    if len(words) == 1 and keyword.isdigit():
+    if len(words) == 1 and is_digits(keyword):
         return Command("number", (keyword,))
     if keyword in OPT_OUT and not args:
         return Command("stop")
@@ -111,7 +113,7 @@ def parse_receipt(args: tuple[str, ...]) -> Receipt | None:
     """``<shipment> [DAMAGED <kit> ...] [MISSING <kit> ...]``; None when malformed
     (no shipment, a word that is neither an outcome nor a number, an outcome with
     no kit)."""
-    if not args or not args[0].isdigit():
+    if not args or not is_digits(args[0]):
         return None
     outcomes: dict[str, list[str]] = {}
     current: list[str] | None = None
@@ -121,7 +123,7 @@ def parse_receipt(args: tuple[str, ...]) -> Receipt | None:
             if outcome in outcomes:
                 return None  # DAMAGED twice: one list per outcome
             current = outcomes[outcome] = []
-        elif current is not None and word.isdigit():
+        elif current is not None and is_digits(word):
             current.append(word)
         else:
             return None

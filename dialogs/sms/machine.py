@@ -31,6 +31,7 @@ from core.actors import SITE_ROLES, Actor
 from core.db import Database
 from core.deliveries import set_opted_out
 from core.errors import Refused
+from core.fields import is_digits
 from core.login import sign_in
 from dialogs.output import Say
 from dialogs.sms.commands import CommandsMixin
@@ -130,7 +131,7 @@ class TextModel(DecisionsMixin, CommandsMixin):
     def looks_like_pin(self) -> bool:
         """One number (the PIN) or, on a shared phone, two (user ID and PIN)."""
         wanted = 1 if len(self.ctx.phone_users) == 1 else 2
-        return len(self.words) == wanted and all(word.isdigit() for word in self.words)
+        return len(self.words) == wanted and all(is_digits(word) for word in self.words)
 
     def pin_accepted(self) -> bool:
         if len(self.words) == 2:
@@ -142,7 +143,7 @@ class TextModel(DecisionsMixin, CommandsMixin):
             user_code, pin = self.ctx.phone_users[0], self.words[0]
         try:
             login = sign_in(self.ctx.db, user_code=user_code, pin=pin, channel="sms",
-                            study=self.ctx.study)
+                            study=self.ctx.study, request_id=self.ctx.message_id)
         except Refused as refusal:
             self._sign_in = "locked" if refusal.code == "locked" else "refused"
             return False

@@ -21,6 +21,7 @@ from transitions import State
 from core.actors import SITE_ROLES, Actor
 from core.db import Database
 from core.errors import IvrsError
+from core.fields import is_digits
 from dialogs.errors import error_prompt
 from dialogs.output import KEY, NUMBER, Digits, Say, Turn
 
@@ -194,7 +195,7 @@ class CallModel:
         return self.key_is("3")
 
     def entered_number(self) -> bool:
-        if not self.entry.isdigit():
+        if not is_digits(self.entry):
             return self.refuse("invalid.number")
         return True
 
@@ -253,7 +254,7 @@ def subject_entry(prefix: str, ok_dest: str, check: str) -> tuple[list[dict], li
 def _speakable(params: dict[str, Any]) -> dict[str, Any]:
     spoken: dict[str, Any] = {}
     for name, value in params.items():
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and is_digits(value):
             spoken[name] = Digits(value)
         elif isinstance(value, (str, int)):
             spoken[name] = value

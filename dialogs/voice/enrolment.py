@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import IvrsError
+from core.fields import is_digits
 from core.previews import randomization_questions, status_change
 from core.randomize import randomize
 from core.subjects import discontinue, record_screen_failure, screen_subject
@@ -148,7 +149,7 @@ class EnrolmentFlow:
             self.slots["answers"][question["code"]] = True
         else:
             levels = question["levels"]
-            if not (self.entry.isdigit() and 1 <= int(self.entry) <= len(levels)):
+            if not (is_digits(self.entry) and 1 <= int(self.entry) <= len(levels)):
                 return self.refuse("invalid.key")
             self.slots["levels"][question["code"]] = levels[int(self.entry) - 1]
         self.slots["asked"] += 1
@@ -213,7 +214,7 @@ class EnrolmentFlow:
 
     def reason_chosen(self) -> bool:
         reasons = REASONS[self.slots["kind"]]
-        if not (self.entry.isdigit() and 1 <= int(self.entry) <= len(reasons)):
+        if not (is_digits(self.entry) and 1 <= int(self.entry) <= len(reasons)):
             return False
         self.slots["reason"] = reasons[int(self.entry) - 1]
         return True

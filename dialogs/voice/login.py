@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import IvrsError, Refused
+from core.fields import is_digits
 from core.login import Login, change_pin, sign_in
 from core.pins import is_valid_pin
 from dialogs.output import KEY, NUMBER, Digits, LanguageName, Say
@@ -81,7 +82,7 @@ class LoginFlow:
 
     def language_chosen(self) -> bool:
         languages = self.session["languages"]
-        if not (self.entry.isdigit() and 1 <= int(self.entry) <= len(languages)):
+        if not (is_digits(self.entry) and 1 <= int(self.entry) <= len(languages)):
             return False
         self.session["language"] = languages[int(self.entry) - 1]
         self.session["language_chosen"] = True
@@ -104,7 +105,8 @@ class LoginFlow:
             try:
                 self._login_outcome = sign_in(self.ctx.db, user_code=self.slots.get("user_id", ""),
                                               pin=self.entry, channel="voice",
-                                              study=self.ctx.study)
+                                              study=self.ctx.study,
+                                              request_id=self.ctx.call_id)
             except Refused as refusal:
                 self._login_outcome = refusal
         return self._login_outcome

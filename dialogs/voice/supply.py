@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import IvrsError
+from core.fields import is_digits
 from core.previews import kit_in_shipment, shipment_due, visit_due
 from core.supply.dispensing import dispense, replace_kit
 from core.supply.receipt import receive_shipment
@@ -114,7 +115,7 @@ class SupplyFlow:
                 for digit, reason in enumerate(REPLACEMENT_REASONS, start=1)]
 
     def replacement_reason(self) -> bool:
-        if not (self.entry.isdigit() and 1 <= int(self.entry) <= len(REPLACEMENT_REASONS)):
+        if not (is_digits(self.entry) and 1 <= int(self.entry) <= len(REPLACEMENT_REASONS)):
             return False
         self.slots["reason"] = REPLACEMENT_REASONS[int(self.entry) - 1]
         return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import IvrsError, Refused
+from core.fields import is_digits
 from core.signatures import Signature, sign
 from core.unblinding import REASONS, check_unblinding, unblind
 from dialogs.output import KEY, NUMBER, Digits, Say, Term
@@ -112,7 +113,7 @@ class UnblindingFlow:
                 for digit, r in enumerate(REASONS, start=1)]
 
     def unblinding_reason(self) -> bool:
-        if not (self.entry.isdigit() and 1 <= int(self.entry) <= len(REASONS)):
+        if not (is_digits(self.entry) and 1 <= int(self.entry) <= len(REASONS)):
             return False
         self.slots["reason"] = REASONS[int(self.entry) - 1]
         return True

@@ -11,12 +11,13 @@ randomize or dispense twice.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from core import fields
 from core.db import Database
 from core.login import language_for_phone
+from core.security_events import security_event
 from core.studies import study_for_number
 from dialogs.output import Say, Turn
 from dialogs.voice import CallContext, first_state, run
@@ -25,34 +26,34 @@ from ivrs.render.twiml import voice_response
 
 log = logging.getLogger("ivrs.calls")
 
-_CALL_SID = re.compile(r"^[A-Za-z0-9]{10,64}$")
-
 
 @dataclass(frozen=True)
 class VoiceRequest:
     call_sid: str
-    caller: str | None
+    caller: str | None  # None: withheld ("anonymous") or not a phone number
     dialed: str | None
     digits: str | None
     step: int  # 0: the call's first request
+    token: str  # the step token exactly as it came: str(step)
 
 
-def parse_request(form: dict[str, str], step: str | None) -> VoiceRequest | None:
-    """Twilio's fields, checked; None when they cannot be a call of ours."""
-    call_sid = (form.get("CallSid") or "").strip()
-    if not _CALL_SID.match(call_sid):
-        return None
-    try:
-        step_number = int(step) if step not in (None, "") else 0
-    except ValueError:
-        return None
-    if not 0 <= step_number < 100_000:
-        return None
+def parse_request(form: dict[str, str], step: str | None) -> VoiceRequest:
+    """Twilio's fields, checked (``core.fields``); ``BadField`` names the first that
+    cannot be Twilio's. A step token is one we could have issued, written as we
+    write it: ``+4``, ``04`` or ``٤`` are not step 4."""
+    call_sid = fields.sid(form.get("CallSid"))
+    if call_sid is None:
+        raise fields.BadField("CallSid")
+    token = "0" if step is None else fields.step_token(step)
+    if token is None:
+        raise fields.BadField("step")
     digits = form.get("Digits")
-    if digits is not None and len(digits) > 64:
-        digits = digits[:64]  # the dialog refuses it as too long
-    return VoiceRequest(call_sid, form.get("From") or None, form.get("To") or None, digits,
-                        step_number)
+    if digits is not None:
+        digits = fields.keypad(digits)  # digits, * and # only; a long entry is cut
+        if digits is None:
+            raise fields.BadField("Digits")
+    return VoiceRequest(call_sid, fields.phone(form.get("From")), fields.phone(form.get("To")),
+                        digits, int(token), token)
 
 
 def session_key(call_sid: str) -> str:
@@ -63,12 +64,18 @@ def answer(db: Database, store: SessionStore, request: VoiceRequest) -> str:
     """The TwiML for one request (exceptions are the webhook's to turn into an apology)."""
     key = session_key(request.call_sid)
     session = store.load(key)
-    if session is not None and request.step < session["step"]:
+    # The token the session issued last, compared as the string it is: only that
+    # request acts; an earlier one is Twilio retrying and hears its answer again.
+    current = session is not None and request.token == str(session["step"])
+    if session is not None and not current and request.step < session["step"]:
         log.info("call %s: step %d answered already, same answer again", request.call_sid,
                  request.step)
         return session["last_twiml"]
     restarted = session is None and request.step > 0
-    starting = session is None or request.step > session["step"]
+    starting = not current
+    if session is not None and starting:
+        # A token beyond any issued: the call starts over, without the keys.
+        security_event("step_refused", channel="voice", field="step", request=request.call_sid)
     if starting:
         # A new call, or one whose session expired or was lost: start over, politely.
         session = _new_session(db, request)

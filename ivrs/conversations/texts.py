@@ -16,23 +16,22 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
-from twilio.twiml.messaging_response import MessagingResponse
-
+from core import fields
 from core.db import Database
 from core.login import users_for_phone
+from core.security_events import security_event
 from dialogs.output import Say
 from dialogs.sms import SESSION_IDLE_SECONDS, TextContext, new_session, run
 from ivrs.conversations.sessions import SessionStore
 from ivrs.render.sms_text import MAX_SEGMENTS, for_sms, segments
 from ivrs.render.speech import text
+from ivrs.render.twiml import sms_response
 
 log = logging.getLogger("ivrs.texts")
 
-_MESSAGE_SID = re.compile(r"^[A-Za-z0-9]{10,64}$")
-_PHONE = re.compile(r"^\+?[0-9]{3,20}$")
+MAX_BODY = 1600  # Twilio's longest message (ten segments); anything longer is not one
 REPLY_KEPT_SECONDS = 24 * 60 * 60
 UNKNOWN_SENDER_SECONDS = 24 * 60 * 60  # one generic reply per number per day
 
@@ -45,13 +44,20 @@ class TextRequest:
     body: str
 
 
-def parse_request(form: dict[str, str]) -> TextRequest | None:
-    """Twilio's fields, checked; None when they cannot be a message of ours."""
-    sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
-    sender = (form.get("From") or "").strip()
-    if not _MESSAGE_SID.match(sid) or not _PHONE.match(sender):
-        return None
-    return TextRequest(sid, sender, form.get("To") or None, form.get("Body") or "")
+def parse_request(form: dict[str, str]) -> TextRequest:
+    """Twilio's fields, checked (``core.fields``); ``BadField`` names the first that
+    cannot be Twilio's (a JSON body has none of them). The body is free text: the
+    dialog reads it, and what goes back passes the SMS medium's filter."""
+    sid = fields.sid(form.get("MessageSid") or form.get("SmsSid"))
+    if sid is None:
+        raise fields.BadField("MessageSid")
+    sender = fields.phone(form.get("From"))
+    if sender is None:
+        raise fields.BadField("From")
+    body = form.get("Body") or ""
+    if len(body) > MAX_BODY:
+        raise fields.BadField("Body")
+    return TextRequest(sid, sender, fields.phone(form.get("To")), body)
 
 
 def answer(db: Database, store: SessionStore, request: TextRequest) -> str:
@@ -95,6 +101,7 @@ def _answer(db: Database, store: SessionStore, request: TextRequest) -> str:
 
 
 def _unknown_sender(store: SessionStore, study: str, request: TextRequest) -> str:
+    security_event("unknown_caller", channel="sms", request=request.message_sid)
     if store.claim(f"sms:unknown:{study}:{request.sender}", UNKNOWN_SENDER_SECONDS):
         log.info("sms %s from an unregistered number: generic reply", request.message_sid)
         return reply([Say("sms.unknown_sender")], "en")
@@ -115,10 +122,7 @@ def reply(says: list[Say], language: str) -> str:
                 del parts[-2]
             break
         parts.append(words)
-    response = MessagingResponse()
-    if parts:
-        response.message(for_sms(" ".join(parts)))
-    return str(response)
+    return sms_response(for_sms(" ".join(parts)) if parts else None)
 
 
 def _segments(parts: list[str], *more: str) -> int:
@@ -126,11 +130,15 @@ def _segments(parts: list[str], *more: str) -> int:
 
 
 def empty_reply() -> str:
-    return str(MessagingResponse())
+    return sms_response(None)
 
 
 def apology() -> str:
     """What a texter reads when something failed on our side: never a 500."""
-    response = MessagingResponse()
-    response.message(text(Say("sms.apology"), "en"))
-    return str(response)
+    return sms_response(text(Say("sms.apology"), "en"))
+
+
+def not_understood() -> str:
+    """What a request reads whose fields cannot be Twilio's (no MessageSid, no
+    sender, a JSON body): not an apology for a fault of ours."""
+    return sms_response(text(Say("sms.not_understood"), "en"))

@@ -87,8 +87,8 @@ from core.deliveries import (
     record_sent,
     stale_sending,
 )
-from core.models import User
-from core.models import Delivery, Notification
+from core.fields import digits
+from core.models import Delivery, Notification, User
 from core.supply.outbox import EXPANDED, PENDING
 from dialogs.output import Say
 from ivrs.config import Settings
@@ -350,8 +350,7 @@ def record_status(db: Database, form: dict[str, str], *, now: datetime | None = 
     if not SID_PATTERN.fullmatch(sid) or not status:
         log.warning("message status callback without a usable MessageSid/MessageStatus: ignored")
         return
-    if error_code is not None and not error_code.isdigit():
-        error_code = None
+    error_code = digits(error_code, 10)  # Twilio's are five digits
     new = record_provider_status(db, sid=sid, provider_status=status, error_code=error_code,
                                  now=_utc(now))
     if new is not None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+from core.output_text import for_medium
+
 GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
@@ -63,8 +65,10 @@ _NEIGHBOURS = {"ç": "c", "œ": "oe", "Œ": "OE", "‘": "'", "’": "'", "‚":
 
 
 def for_sms(text: str) -> str:
-    """The text as it is best sent: unchanged if GSM-7 or if it cannot become
-    GSM-7; else with its Latin letters written without the accents GSM-7 lacks."""
+    """The text as it is best sent, without what an SMS cannot carry
+    (``core.output_text``): unchanged if GSM-7 or if it cannot become GSM-7; else
+    with its Latin letters written without the accents GSM-7 lacks."""
+    text = for_medium(text, "sms")
     if is_gsm7(text):
         return text
     plain = "".join(_neighbour(ch) for ch in text)

@@ -1,4 +1,7 @@
-"""Dialog turns -> TwiML, with the twilio library's builders.
+"""Dialog turns -> TwiML, with the twilio library's builders: the only module that
+builds TwiML, voice and SMS alike. Every text goes in through ``_say`` or
+``_message``, which pass it through ``core.output_text.for_medium`` first (a test
+reads this module to hold it so).
 
 The prompts go inside the ``<Gather>`` so that a caller who knows the menu can
 key ahead without waiting for the prompt to end (barge-in). Silence comes
@@ -8,8 +11,10 @@ and count, instead of Twilio falling through to the end of the document.
 
 from __future__ import annotations
 
+from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
+from core.output_text import for_medium
 from dialogs.output import KEY, Say, Turn
 from ivrs.render.speech import say_language, say_voice, spoken_language, text
 
@@ -25,7 +30,7 @@ def voice_response(turn: Turn, language: str, action: str) -> str:
     else:
         target = response
     for said_in, words in _spoken_runs(turn.says, language):
-        target.say(words, language=say_language(said_in), voice=say_voice(said_in))
+        _say(target, words, said_in)
     if turn.hangup or not turn.gather:
         response.hangup()
     return str(response)
@@ -33,11 +38,37 @@ def voice_response(turn: Turn, language: str, action: str) -> str:
 
 def apology(language: str = "en") -> str:
     """What a caller hears when something failed on our side: never a 500."""
+    return _said_and_hung_up(Say("apology"), language)
+
+
+def not_understood(language: str = "en") -> str:
+    """What a request hears whose fields cannot be Twilio's (a forged step token,
+    keys no keypad sends): not an apology for a fault of ours."""
+    return _said_and_hung_up(Say("not_understood"), language)
+
+
+def _said_and_hung_up(say: Say, language: str) -> str:
     response = VoiceResponse()
-    response.say(text(Say("apology"), language) or "Sorry.", language=say_language(language),
-                 voice=say_voice(language))
+    _say(response, text(say, language) or "Sorry.", language)
     response.hangup()
     return str(response)
+
+
+def sms_response(words: str | None) -> str:
+    """An SMS reply: one ``<Message>``, or none when ``words`` is empty."""
+    response = MessagingResponse()
+    if words:
+        _message(response, words)
+    return str(response)
+
+
+def _say(target, words: str, language: str) -> None:
+    target.say(for_medium(words, "xml"), language=say_language(language),
+               voice=say_voice(language))
+
+
+def _message(response: MessagingResponse, words: str) -> None:
+    response.message(for_medium(words, "sms"))
 
 
 def _spoken_runs(says: tuple[Say, ...], language: str) -> list[tuple[str, str]]:

@@ -32,6 +32,7 @@ from reportlab.lib.pagesizes import A4, landscape
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 
+from core.output_text import for_medium
 from core.report_charts import Chart
 from ivrs.render.report_files.charts import PANEL_HEIGHT, panel_drawings
 
@@ -182,7 +183,7 @@ class TableDrawer:
         self.header_page = 0  # the page whose column header is drawn
 
     def draw_row(self, row: tuple) -> None:
-        cells = [("" if value is None else str(value), _is_number(value))
+        cells = [("" if value is None else for_medium(str(value), "table"), _is_number(value))
                  for value in row[:len(self.widths)]]
         lines = [wrap(text, width - 2 * PAD, FONT, SIZE) for (text, _), width
                  in zip(cells, self.widths)]
@@ -268,7 +269,7 @@ def column_widths(columns: list[str], sample: list[tuple],
     sizes = [_ColumnSize(name) for name in columns]
     for row in sample:
         for size, value in zip(sizes, row):
-            size.add("" if value is None else str(value))
+            size.add("" if value is None else for_medium(str(value), "table"))
     natural = [size.natural for size in sizes]
     desired = [size.desired for size in sizes]
     floor = [size.floor for size in sizes]

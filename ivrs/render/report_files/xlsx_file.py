@@ -23,10 +23,11 @@ from typing import IO
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.cell import ERROR_CODES
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 
+from core.output_text import for_medium
 from core.report_charts import Chart
 
 SAMPLE = 500  # rows that fit the column widths
@@ -133,7 +134,7 @@ def _about(workbook: Workbook, header) -> None:
 def _plain(text: str) -> bool:
     """Text openpyxl takes for text as it is: not a formula, an error code or with
     characters XML cannot carry."""
-    return not (text.startswith("=") or text in ERROR_CODES or ILLEGAL_CHARACTERS_RE.search(text))
+    return not (text.startswith("=") or text in ERROR_CODES or for_medium(text, "table") != text)
 
 
 def _timestamp(text: str) -> datetime | None:
@@ -164,7 +165,7 @@ def _formatted(sheet, value: date | datetime | None, number_format: str) -> Writ
 def _text(sheet, text: str) -> WriteOnlyCell:
     """A text cell, whatever the text looks like (openpyxl would take "=..." for a
     formula and "#N/A" for an error); characters XML cannot carry are dropped."""
-    cell = WriteOnlyCell(sheet, ILLEGAL_CHARACTERS_RE.sub("", text))
+    cell = WriteOnlyCell(sheet, for_medium(text, "table"))
     cell.data_type = "s"
     return cell
 
