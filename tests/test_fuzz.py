@@ -92,10 +92,12 @@ def test_sms_fuzz_answers_valid_twiml_and_changes_no_trial_data(voice):
 # --- the loaders -----------------------------------------------------------------------------
 
 STUDY_LINES = files("ivrs.demo").joinpath("data", "study.yaml").read_text("utf-8").splitlines()
-edits = st.lists(st.tuples(st.sampled_from(["delete", "replace", "insert", "duplicate", "cut"]),
-                           st.integers(min_value=0, max_value=len(STUDY_LINES) - 1),
-                           st.text(ALPHABET, max_size=30)),
-                 min_size=1, max_size=3)
+def edits(lines: list[str]):
+    """Up to three random edits of a file's lines (line, and the text it brings)."""
+    return st.lists(st.tuples(st.sampled_from(["delete", "replace", "insert", "duplicate", "cut"]),
+                              st.integers(min_value=0, max_value=len(lines) - 1),
+                              st.text(ALPHABET, max_size=30)),
+                    min_size=1, max_size=3)
 
 
 def edited(lines: list[str], changes) -> str:
@@ -127,23 +129,27 @@ def assert_clear(errors: FileErrors, name: str) -> None:
             or "UTF-8" in error.message, str(error)
 
 
-def test_a_study_file_with_random_edits_loads_or_names_line_and_field(db, tmp_path):
-    path = tmp_path / "study.yaml"
-
+def fuzz_loader(label: str, path, lines: list[str], load) -> None:
+    """``load(path)`` on ``path`` holding ``lines`` with random edits: it loads or
+    raises FileErrors that name line and field, never anything else."""
     ran = []
 
     @FUZZ
-    @given(changes=edits)
-    def load(changes):
+    @given(changes=edits(lines))
+    def load_edited(changes):
         ran.append(changes)
-        path.write_text(edited(STUDY_LINES, changes), encoding="utf-8")
+        path.write_text(edited(lines, changes), encoding="utf-8")
         try:
-            load_study(db, path)
+            load(path)
         except FileErrors as errors:
-            assert_clear(errors, "study.yaml")
+            assert_clear(errors, path.name)
 
-    load()
-    print(f"study file fuzz: {len(ran)} examples")
+    load_edited()
+    print(f"{label} fuzz: {len(ran)} examples")
+
+
+def test_a_study_file_with_random_edits_loads_or_names_line_and_field(db, tmp_path):
+    fuzz_loader("study file", tmp_path / "study.yaml", STUDY_LINES, lambda p: load_study(db, p))
     assert audit_intact(db)
 
 
@@ -154,23 +160,5 @@ def test_a_list_with_random_edits_imports_or_names_line_and_field(db, tmp_path):
     mrl = tmp_path / "mrl.csv"
     write_demo_mrl(mrl, per_stratum=4)
     lines = mrl.read_text(encoding="utf-8").splitlines()
-    list_edits = st.lists(st.tuples(
-        st.sampled_from(["delete", "replace", "insert", "duplicate", "cut"]),
-        st.integers(min_value=0, max_value=len(lines) - 1), st.text(ALPHABET, max_size=30)),
-        min_size=1, max_size=3)
-
-    ran = []
-
-    @FUZZ
-    @given(changes=list_edits)
-    def import_list(changes):
-        ran.append(changes)
-        mrl.write_text(edited(lines, changes), encoding="utf-8")
-        try:
-            import_mrl(db, mrl)
-        except FileErrors as errors:
-            assert_clear(errors, "mrl.csv")
-
-    import_list()
-    print(f"list fuzz: {len(ran)} examples")
+    fuzz_loader("list", mrl, lines, lambda p: import_mrl(db, p))
     assert audit_intact(db)
