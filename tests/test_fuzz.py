@@ -59,7 +59,7 @@ def trial_content(db) -> dict[str, list]:
 
 
 def audit_intact(db) -> bool:
-    with db.reads() as session:
+    with db.sessions() as session:  # verify streams the chain: a transaction, not a read
         return all(verify(session, study_id) is None
                    for study_id in session.scalars(select(Study.id)))
 
