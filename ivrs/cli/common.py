@@ -4,7 +4,6 @@ command (each command module imports it)."""
 
 from __future__ import annotations
 
-import csv
 import functools
 import os
 import sys
@@ -13,6 +12,7 @@ import click
 
 from core.db import Database, database_url
 from core.errors import FileErrors, IvrsError
+from core.reports import write_table
 
 
 def open_database() -> Database:
@@ -48,6 +48,6 @@ def read_pin() -> str:
 
 
 def write_csv(stream, columns, rows) -> None:
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
+    """A listing as CSV, its text filtered as a report's is (a reason typed by
+    SMS must not reach the terminal as escape sequences)."""
+    write_table(stream, columns, rows)
