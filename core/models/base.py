@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData
+from sqlalchemy import JSON, DateTime, Double, MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 from core.clock import utcnow
@@ -21,7 +21,9 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    # float is Double, as SQLAlchemy 2.1 maps it and migration 0001 creates it
+    # (2.0 would say Float): the model means the same with either release.
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, float: Double}
 
 
 def _now() -> datetime:
