@@ -1,8 +1,11 @@
 """Electronic signatures: the signer's user ID and PIN typed again (21 CFR 11.200).
 
 A gated or irreversible step (an emergency unblinding, an approval, a
-rejection) is signed by re-entering both components of the signer's
-identity, even inside a session that is already signed in. ``sign`` checks
+rejection) is signed by re-entering the components of the signer's identity,
+even inside a session that is already signed in: both (user ID and PIN) where
+the signing starts a session of its own (an SMS, a CLI command), the PIN alone
+within a continuous session whose sign-in used both (a phone call, SPEC §6.8;
+11.200(a)(1)(i)). ``sign`` checks
 them against the user row under its lock, like signing in: a wrong pair counts
 toward the same lockout (three in a row lock the user, whatever the channel)
 and is committed even though the step itself is refused.
@@ -55,12 +58,16 @@ class Signature:
         return cls(**{**data, "signed_at": datetime.fromisoformat(data["signed_at"])})
 
 
-def sign(db: Database, *, user_code: str, pin: str, actor: Actor, meaning: str,
+def sign(db: Database, *, user_code: str | None, pin: str, actor: Actor, meaning: str,
          study: str | None = None) -> Signature:
-    """Check the signer's user ID and PIN. Refused ``bad_credentials`` (a wrong
-    pair, or another user's ID: a signature is the actor's own) or ``locked``."""
-    user_code, pin = str(user_code or "").strip(), str(pin or "").strip()
+    """Check the signer's user ID and PIN; ``user_code=None``: the PIN alone, the
+    actor being identified already in this continuous session. Refused
+    ``bad_credentials`` (a wrong PIN, or another user's ID: a signature is the
+    actor's own) or ``locked``."""
     own = actor.user_code
+    components = "pin" if user_code is None else "user_id+pin"
+    user_code = own if user_code is None else str(user_code).strip()
+    pin = str(pin or "").strip()
     if own is None:
         raise Refused("only a user can sign", code="not_allowed")
     failed = locked_now = False
@@ -89,7 +96,8 @@ def sign(db: Database, *, user_code: str, pin: str, actor: Actor, meaning: str,
             signature = Signature(user_code=own, name=user.name, meaning=meaning,
                                   signed_at=utcnow())
             call.audit.record("signed", "user", own, reason=meaning,
-                              new={"channel": actor.channel, "meaning": meaning})
+                              new={"channel": actor.channel, "meaning": meaning,
+                                   "components": components})
             call.finish({})
     if failed:
         if locked_now:

@@ -96,6 +96,9 @@ def test_a_full_demo_run_shows_no_arm_outside_the_unblinding_answer(tmp_path, ca
     assert len(rendered) > 10 and "unblinded" in sources["notifications"]
     for source, content in sources.items():
         assert leaks(content, words, codes) == [], source
+    # Nor is a PIN typed in the demo's calls ever printed (sign-in and signatures).
+    for pin in ("2468", "1357", "8642", "3579"):
+        assert f"you> {pin}" not in "\n".join(printed), pin
 
 
 def test_the_scan_finds_an_arm_where_there_is_one():

@@ -1,5 +1,6 @@
 """Emergency unblinding and the approvals gate end to end (SPEC §6.8): menu 7 by
-voice, signed with the user ID and PIN again; mode investigator (the arm at once)
+voice, signed with the PIN again (the caller signed in with user ID and PIN in this
+call); mode investigator (the arm at once)
 and mode approval (a request, decided by SMS or at the console, signed); the
 database, the audit trail, the notifications and the reports checked after."""
 
@@ -105,8 +106,8 @@ def test_investigator_unblinds_by_phone_and_hears_the_arm(voice):
     subject = randomized(voice.db)
     arm = arm_name_of(voice.db, subject)
     phone, heard = menu_7(voice, subject)
-    assert says(heard, "To sign electronically, enter your user ID"), heard.text
-    assert says(phone.press("5002#"), "Enter your PIN")
+    assert says(heard, "To sign electronically, enter your PIN again"), heard.text
+    assert "user ID" not in heard.text  # identified at sign-in: the PIN alone signs
     heard = phone.press("1357#")
     assert says(heard, "For a medical emergency, press 1.", "For another reason, press 2."), \
         heard.text
@@ -127,7 +128,8 @@ def test_investigator_unblinds_by_phone_and_hears_the_arm(voice):
     assert revealed.new["signature"]["meaning"] == f"emergency unblinding of subject {subject}"
     assert arm in str(revealed.new["arm"])  # for the inspector, under the unblinded key
     assert arm not in str(blinded(revealed.new))
-    assert len(audit(voice.db, "signed")) == 1
+    (signed,) = audit(voice.db, "signed")
+    assert signed.new["components"] == "pin"  # within the call's continuous session
     # the project manager is told that it happened, not what was revealed
     (told,) = notifications(voice.db, "subject_unblinded")
     assert told.audience == "role:project_manager"
@@ -141,16 +143,13 @@ def test_investigator_unblinds_by_phone_and_hears_the_arm(voice):
 def test_a_wrong_signature_refuses_and_counts_toward_the_lockout(voice):
     subject = randomized(voice.db)
     phone, _ = menu_7(voice, subject)
-    phone.press("5002#")
     heard = phone.press("9999#")
-    assert says(heard, "User ID or PIN not valid.", "enter your user ID"), heard.text
+    assert says(heard, "User ID or PIN not valid.", "enter your PIN again"), heard.text
     assert failed_attempts(voice.db, "5002") == (1, False)
-    phone.press("5001#")  # another user's ID with the caller's PIN: also refused
-    heard = phone.press("1357#")
+    heard = phone.press("2468#")  # another user's PIN (5001's): also refused, counted to 5002
     assert says(heard, "User ID or PIN not valid."), heard.text
     assert failed_attempts(voice.db, "5002") == (2, False)
     assert failed_attempts(voice.db, "5001") == (0, False)  # nothing counted against 5001
-    phone.press("5002#")
     heard = phone.press("0000#")
     assert says(heard, "Your access is locked.") and heard.hangup, heard.text
     assert failed_attempts(voice.db, "5002") == (3, True)
@@ -182,7 +181,7 @@ def test_the_reports_list_every_event_blinded_unless_an_unblinded_role_asks(
     subject = randomized(voice.db)
     arm = arm_name_of(voice.db, subject)
     phone, _ = menu_7(voice, subject)
-    for keys in ("5002#", "1357#", "2", "1"):
+    for keys in ("1357#", "2", "1"):
         heard = phone.press(keys)
     assert arm in heard.text
     from ivrs.main import main
@@ -219,7 +218,7 @@ def test_the_reports_list_every_event_blinded_unless_an_unblinded_role_asks(
 def request_by_phone(voice, subject: str) -> str:
     """Menu 7 in mode approval: the request number said."""
     phone, _ = menu_7(voice, subject)
-    for keys in ("5002#", "1357#", "1"):
+    for keys in ("1357#", "1"):
         phone.press(keys)
     heard = phone.press("1")
     assert says(heard, "Unblinding request 8 0 0 0 0", "was sent for approval"), heard.text
@@ -268,7 +267,6 @@ def test_approval_mode_request_by_phone_approval_by_sms_then_the_arm_by_phone(vo
 
     # the requester calls again: subject, signature, and the arm at once
     phone, heard = menu_7(voice, subject)
-    phone.press("5002#")
     heard = phone.press("1357#")
     assert says(heard, f"Subject {spaced(subject)} receives: {arm}."), heard.text
     (row,) = unblinding_rows(voice.db)

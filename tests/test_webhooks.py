@@ -123,14 +123,19 @@ def test_an_unknown_or_expired_session_starts_over_politely(voice):
     assert says(heard, "interrupted", "start again", "user ID")
 
 
-def test_status_callback_drops_the_session(voice):
+def test_status_callback_ends_the_call_for_good(voice):
+    """After Twilio says the call is over, a later signed request with its CallSid
+    and the step it was issued continues nothing (and keeps no sign-in)."""
     phone = voice.signed_in()
     form = {"CallSid": phone.call_sid, "CallStatus": "completed"}
     signature = RequestValidator(TOKEN).compute_signature("http://localhost/voice/status", form)
     response = voice.app.test_client().post("/voice/status", data=form,
                                             headers={"X-Twilio-Signature": signature})
     assert response.status_code == 204
-    assert voice.store.load(calls.session_key(phone.call_sid)) is None
+    session = voice.store.load(calls.session_key(phone.call_sid))
+    assert session["ended"] and "user" not in session
+    heard = phone.press("1")
+    assert heard.hangup and says(heard, "could not be understood"), heard.text
 
 
 class _DownStore(MemorySessionStore):

@@ -1,7 +1,8 @@
 """Menu option 7, emergency unblinding (SPEC §6.8), investigators only.
 
-subject (read back) -> electronic signature: user ID and PIN again, both
-components (21 CFR 11.200) -> reason -> ``1`` to confirm -> the arm is said
+subject (read back) -> electronic signature: the PIN again (the caller signed in
+with user ID and PIN in this call, a continuous session: 21 CFR 11.200(a)(1)(i)
+lets later signings in it use one component) -> reason -> ``1`` to confirm -> the arm is said
 (mode ``investigator``) or a request number is given (mode ``approval``). An
 investigator whose request was approved calls again: after the subject and the
 signature, the arm is said at once.
@@ -23,12 +24,10 @@ from core.unblinding import REASONS, check_unblinding, unblind
 from dialogs.output import KEY, NUMBER, Digits, Say, Term
 from dialogs.voice.base import confirm_or_cancel, subject_entry
 
-_states, _transitions = subject_entry("unbl", "unbl_sign_user", "may_unblind")
+_states, _transitions = subject_entry("unbl", "unbl_sign_pin", "may_unblind")
 
 STATES: list[dict[str, Any]] = [
     *_states,
-    {"name": "unbl_sign_user", "prompt": "unblind.sign_user", "gather": NUMBER,
-     "invalid": "invalid.number", "slot": "signer"},
     {"name": "unbl_sign_pin", "prompt": "unblind.sign_pin", "gather": NUMBER,
      "invalid": "invalid.number"},
     {"name": "unbl_reason", "prompt": "unblind_reason_prompt", "gather": KEY},
@@ -38,8 +37,6 @@ STATES: list[dict[str, Any]] = [
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "key", "source": "menu", "dest": "unbl_subject", "conditions": "chose_7"},
     *_transitions,
-    {"trigger": "key", "source": "unbl_sign_user", "dest": "unbl_sign_pin",
-     "conditions": "entered_number", "before": "keep_entry"},
     # an approved request of this investigator: the arm at once
     {"trigger": "key", "source": "unbl_sign_pin", "dest": "menu",
      "conditions": ["entered_number", "signature_accepted", "request_approved"],
@@ -48,7 +45,7 @@ TRANSITIONS: list[dict[str, Any]] = [
      "conditions": ["entered_number", "signature_accepted"]},
     {"trigger": "key", "source": "unbl_sign_pin", "dest": "goodbye",
      "conditions": ["entered_number", "signer_locked"], "after": "say_locked"},
-    {"trigger": "key", "source": "unbl_sign_pin", "dest": "unbl_sign_user",
+    {"trigger": "key", "source": "unbl_sign_pin", "dest": "unbl_sign_pin",
      "conditions": "entered_number", "after": "say_signature_refused"},
     {"trigger": "key", "source": "unbl_reason", "dest": "unbl_confirm",
      "conditions": "unblinding_reason"},
@@ -80,9 +77,9 @@ class UnblindingFlow:
         if not hasattr(self, "_signed"):
             meaning = f"emergency unblinding of subject {self.slots['subject']}"
             try:
-                self._signed = sign(self.ctx.db, user_code=self.slots.pop("signer", ""),
-                                    pin=self.entry, actor=self.actor(), meaning=meaning,
-                                    study=self.ctx.study)
+                # The signer is the caller, identified at sign-in: the PIN alone.
+                self._signed = sign(self.ctx.db, user_code=None, pin=self.entry,
+                                    actor=self.actor(), meaning=meaning, study=self.ctx.study)
             except Refused as refusal:
                 self._signed = refusal
         return self._signed

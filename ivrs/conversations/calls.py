@@ -16,13 +16,13 @@ from typing import Any
 
 from core import fields
 from core.db import Database
-from core.login import language_for_phone
+from core.login import language_for_phone, may_continue
 from core.security_events import security_event
 from core.studies import study_for_number
 from dialogs.output import Say, Turn
 from dialogs.voice import CallContext, first_state, run
 from ivrs.conversations.sessions import CALL_TTL, SessionStore
-from ivrs.render.twiml import voice_response
+from ivrs.render.twiml import not_understood, voice_response
 
 log = logging.getLogger("ivrs.calls")
 
@@ -71,6 +71,15 @@ def answer(db: Database, store: SessionStore, request: VoiceRequest) -> str:
         log.info("call %s: step %d answered already, same answer again", request.call_sid,
                  request.step)
         return session["last_twiml"]
+    if session is not None and session.get("ended"):
+        # The dialog hung up, or Twilio said the call is over: nothing continues it.
+        security_event("step_refused", channel="voice", field="ended", request=request.call_sid)
+        return not_understood(session.get("language", "en"))
+    if current and "user" in session and not may_continue(
+            db, study=session["study"], user_code=session["user"]["user_code"]):
+        # Locked or deactivated since the caller signed in: the call ends here.
+        log.info("call %s: user no longer active or locked: the call ends", request.call_sid)
+        return _hang_up(store, key, session, Turn((Say("error.locked"),), None, True))
     restarted = session is None and request.step > 0
     starting = not current
     if session is not None and starting:
@@ -90,11 +99,23 @@ def answer(db: Database, store: SessionStore, request: VoiceRequest) -> str:
         turn = run(session, ctx, request.digits)
         log.info("call %s step %d: %s -> %s (%d keys)", request.call_sid, request.step, before,
                  session["state"], len(request.digits or ""))
+    if turn.hangup:
+        log.info("call %s ends at step %d", request.call_sid, request.step)
+        return _hang_up(store, key, session, turn)
     session["step"] += 1
     twiml = voice_response(turn, session["language"], f"voice?step={session['step']}")
     session["last_twiml"] = twiml
-    if turn.hangup:
-        log.info("call %s ends at step %d", request.call_sid, request.step)
+    store.save(key, session, CALL_TTL)
+    return twiml
+
+
+def _hang_up(store: SessionStore, key: str, session: dict[str, Any], turn: Turn) -> str:
+    """The call's last answer: kept for Twilio's retry of this step, and the
+    session marked ended, so that no later request continues it."""
+    session["step"] += 1
+    twiml = voice_response(turn, session["language"], f"voice?step={session['step']}")
+    session.update(last_twiml=twiml, ended=True)
+    session.pop("user", None)  # nothing of the sign-in outlives the call
     store.save(key, session, CALL_TTL)
     return twiml
 
@@ -111,5 +132,11 @@ def _new_session(db: Database, request: VoiceRequest) -> dict[str, Any]:
 
 
 def end(store: SessionStore, call_sid: str) -> None:
-    """The call is over (status callback): its session can go."""
-    store.delete(session_key(call_sid))
+    """The call is over (status callback): what remains of its session is a mark
+    that it ended, so that a later request with its CallSid continues nothing."""
+    key = session_key(call_sid)
+    session = store.load(key) or {"step": 0, "language": "en", "last_twiml": not_understood()}
+    session.pop("user", None)
+    session.pop("slots", None)
+    session["ended"] = True
+    store.save(key, session, CALL_TTL)

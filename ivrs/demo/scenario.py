@@ -334,13 +334,12 @@ def paris_ineligible_subject(run: DemoRun) -> None:
 
 
 def barcelona_unblinds(run: DemoRun) -> None:
-    """Menu 7, in Spanish: the investigator signs (user ID and PIN again), gives the
+    """Menu 7, in Spanish: the investigator signs (the PIN again), gives the
     reason and hears the treatment; the project manager is told that it happened."""
     subject = run.subjects["102"][0]
     call = run.line.call(BARCELONA, f"Barcelona: emergency unblinding of subject {subject}")
     enter_subject(call, "7", subject)
-    call.press(f"{BARCELONA.user}#")  # the signature: user ID ...
-    call.press(f"{BARCELONA.pin}#")  # ... and PIN again
+    call.press(f"{BARCELONA.pin}#")  # the signature: the PIN again
     call.press("1")  # reason: a medical emergency
     call.press("1")  # unblind now
     call.hang_up()

@@ -70,7 +70,7 @@ def waits_for(heard: Heard) -> str | None:
 
 
 # The prompts that ask for a PIN (the user's, a new one, the new one again).
-PIN_PROMPTS = ("login.pin", "pin.new", "pin.again")
+PIN_PROMPTS = ("login.pin", "pin.new", "pin.again", "unblind.sign_pin")
 
 
 @functools.lru_cache(maxsize=1)
