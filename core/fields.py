@@ -6,7 +6,8 @@ Python's own parsing is lenient where an identifier must not be: ``int()`` takes
 ``$`` matches before a final newline. A number that identifies something (a user,
 a subject, a kit, a request, a step of a call) is ASCII digits of bounded length
 and nothing else, compared as the string it is; the doors (webhooks, SMS, the
-CLI, the file loaders, the API) check their fields here. Where a channel lets
+CLI through the core services, later the API) check their fields here, and the
+file loaders' patterns are ASCII ``[0-9]`` as well. Where a channel lets
 people type other digits on purpose (full-width digits by SMS), the channel
 normalizes its text first (``dialogs.sms.keywords``), then these rules apply.
 """
@@ -21,6 +22,7 @@ _KEYPAD = re.compile(r"[0-9*#]*")
 # any ASCII letters and digits of a sane length (test clients make their own).
 _SID = re.compile(r"[A-Za-z0-9]{10,64}")
 _PHONE = re.compile(r"\+?[0-9]{3,20}")
+
 
 class BadField(ValueError):
     """A field from outside that cannot be what it claims (a forged or broken
