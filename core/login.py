@@ -177,15 +177,19 @@ def users_for_phone(db: Database, *, phone: str | None, dialed: str | None = Non
                       frozenset(u for u, _, locked in users if locked))
 
 
+# Every step of a signed-in call asks this: one statement built once, bound per call.
+_USER_STANDING = (
+    select(_users.c.active, _users.c.locked)
+    .join(_studies, _studies.c.id == _users.c.study_id)
+    .where(_studies.c.code == bindparam("study"), _users.c.user_code == bindparam("user")))
+
+
 def may_continue(db: Database, *, study: str, user_code: str) -> bool:
     """Whether a user signed in earlier in a call may go on: still active and not
     locked (an administrator's lock or deactivation, or wrong PINs on another
     channel, take effect at the caller's next step). One indexed read."""
     with db.reads() as session:
-        row = session.execute(
-            select(_users.c.active, _users.c.locked)
-            .join(_studies, _studies.c.id == _users.c.study_id)
-            .where(_studies.c.code == study, _users.c.user_code == user_code)).first()
+        row = session.execute(_USER_STANDING, {"study": study, "user": user_code}).first()
     return row is not None and row.active and not row.locked
 
 
