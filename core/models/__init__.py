@@ -6,6 +6,8 @@ subjects, randomization, approvals and the audit trail; ``supply`` kit types, lo
 kits, shipments, visits, returns and the outbox. Import tables from here.
 """
 
+from sqlalchemy.orm import configure_mappers
+
 from core.models.base import Base, Timestamp
 from core.models.supply import (
     Delivery,
@@ -84,3 +86,9 @@ __all__ = [
     "User",
     "UserSite",
 ]
+
+# Configured now, once, not lazily by the first query: SQLAlchemy configures the
+# mappers on first use, and a freshly booted server worker whose threads all
+# query at that moment races in it (RecursionError, AttributeError: strategy;
+# seen in tests/test_faults_pg.py when a killed worker's replacement took calls).
+configure_mappers()
