@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -249,33 +249,32 @@ class Call:
         return self.phone.press(pin + "#")
 
 
-def screen_and_randomize(call: Call, index: int, check: Callable = expect) -> None:
+def screen_and_randomize(call: Call, index: int) -> None:
     """Screen a new subject and randomize it, recording what was heard in
-    ``call.heard``. ``check`` is how each answer is checked (``expect``: it must
-    say what it should)."""
+    ``call.heard``. A caller who already heard their subject's number (in an
+    earlier call) goes straight to randomizing it."""
     phone = call.phone
-    check(call.sign_in(), "press 1")
+    expect(call.sign_in(), "press 1")
     if "subject" not in call.heard:
-        check(phone.press("1"), "Screen a new subject")
-        heard = check(phone.press("1"), "new subject number is")
+        expect(phone.press("1"), "Screen a new subject")
+        heard = expect(phone.press("1"), "new subject number is")
         subject, = spoken(r"subject number is {n}\.", heard.text)
         call.heard["subject"] = subject
         call.heard["screen_confirmation"], = spoken(r"Confirmation number {n}\.", heard.text)
-    check(phone.press("2"), "subject number")
+    expect(phone.press("2"), "subject number")
     subject = call.heard["subject"]
     heard = phone.press(subject + "#")
     if "already randomized" in heard.text:
         # Randomized in an earlier call whose answer the caller never heard.
         call.heard["randomization"] = None
         return
-    check(heard, "")  # the confirmation of the subject and what follows
-    check(phone.press("1"), "18 or older")
+    expect(phone.press("1"), "18 or older")
     phone.press("1")
     phone.press("1")
-    check(phone.press("1"), "Sex")
+    expect(phone.press("1"), "Sex")
     phone.press("12"[(index // 2) % 2])
-    check(phone.press("12"[(index // 4) % 2]), "To randomize, press 1")
-    heard = check(phone.press("1"), "is randomized")
+    expect(phone.press("12"[(index // 4) % 2]), "To randomize, press 1")
+    heard = expect(phone.press("1"), "is randomized")
     assert spoken(r"Subject {n} is randomized", heard.text) == [subject], heard.text
     call.heard["randomization"], = spoken(r"Randomization number {n}\.", heard.text)
     call.heard["v1_kits"] = spoken(r"give kit {n}\.", heard.text)
@@ -332,7 +331,8 @@ class Outcome:
 
     subjects: dict[str, Subject]
     site_ids: dict[str, int]
-    randomizations: dict[int, Randomization]
+    randomizations: dict[int, Randomization]  # by subject id
+    randomization_rows: int  # more than len(randomizations): a subject randomized twice
     entries: list[ListEntry]
     kits: list[Kit]
     transactions: dict[tuple[str, str], set[int]]
@@ -345,7 +345,8 @@ def read_outcome(db) -> Outcome:
         subjects = {s.subject_number: s for s in session.scalars(select(Subject))}
         site_ids = dict(session.execute(select(Site.code, Site.id).where(
             Site.study_id == study_row.id)).all())
-        randomizations = {r.subject_id: r for r in session.scalars(select(Randomization))}
+        rows = list(session.scalars(select(Randomization)))
+        randomizations = {r.subject_id: r for r in rows}
         entries = list(session.scalars(select(ListEntry).where(
             ListEntry.subject_id.is_not(None))))
         kits = list(session.scalars(select(Kit).where(Kit.subject_id.is_not(None))))
@@ -355,12 +356,14 @@ def read_outcome(db) -> Outcome:
     transactions: dict[tuple[str, str], set[int]] = {}
     for event in events:
         transactions.setdefault((event.action, event.entity_id), set()).add(event.transaction_id)
-    return Outcome(subjects, site_ids, randomizations, entries, kits, transactions)
+    return Outcome(subjects, site_ids, randomizations, len(rows), entries, kits, transactions)
 
 
 def assert_given_once(outcome: Outcome) -> None:
-    """No list entry, randomization number or subject's randomization twice; each
-    list entry went to one subject, and it is that subject's randomization."""
+    """No subject randomized twice, no list entry or randomization number given
+    twice; each list entry went to one subject, and it is that subject's
+    randomization."""
+    assert outcome.randomization_rows == len(outcome.randomizations)
     randomizations = outcome.randomizations.values()
     assert len({r.randomization_number for r in randomizations}) == len(randomizations)
     assert len({e.subject_id for e in outcome.entries}) == len(outcome.entries)
