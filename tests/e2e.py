@@ -108,16 +108,32 @@ class Server:
     log_path: Path
 
     def workers(self) -> list[int]:
-        """The master's worker processes, as the kernel lists its children."""
+        """The master's worker processes: its children forked from it (same
+        command line), not the background jobs' process it also started."""
+        return [pid for pid in self.children() if _command_line(pid) == _command_line(
+            self.process.pid)]
+
+    def children(self) -> list[int]:
         pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children")
         try:
-            return [int(child) for child in children.read_text().split()]
+            return [int(child) for child in
+                    Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except OSError:
             return []
 
+    def threads(self) -> int:
+        """The master's threads (1: its forks copy no lock another thread holds)."""
+        return len(list(Path(f"/proc/{self.process.pid}/task").iterdir()))
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def _command_line(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
 
 
 def serve_command(port: int, workers: int, host: str = "127.0.0.1") -> list[str]:

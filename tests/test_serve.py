@@ -5,9 +5,12 @@ failing run that does not kill the thread, the PostgreSQL advisory lock)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time as clock
 from datetime import UTC, datetime, time, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -15,9 +18,7 @@ from flask import Flask
 from sqlalchemy import select, text
 from voice import demo_study_in_english
 
-from core.models import Site
-from core.models import Shipment
-from ivrs.server import serve
+from core.models import Shipment, Site
 from ivrs.main import main
 from ivrs.outbound.scheduler import (
     SUPPLY_LOCK_CLASS,
@@ -27,6 +28,7 @@ from ivrs.outbound.scheduler import (
     parse_supply_at,
     run_supply,
 )
+from ivrs.server import jobs, serve
 
 TWO_AM = time(2, 0, tzinfo=UTC)
 
@@ -165,13 +167,43 @@ def test_gunicorn_application_is_configured_and_loads_the_app_in_the_worker(data
     runtime.db.dispose()
 
 
-def test_when_ready_starts_the_schedule_once_in_the_master(monkeypatch):
-    started = []
-    monkeypatch.setattr(serve, "start_supply_schedule", lambda *args: started.append(args))
-    options = serve.gunicorn_options("127.0.0.1", 9002, 2, TWO_AM, "sqlite:///x.sqlite3")
-    assert started == []
-    options["when_ready"](object())
-    assert started == [("sqlite:///x.sqlite3", TWO_AM)]
+def test_when_ready_starts_the_jobs_in_a_process_of_their_own(database_env):
+    options = serve.gunicorn_options("127.0.0.1", 9002, 2, TWO_AM, database_env)
+    master = SimpleNamespace()
+    threads = threading.active_count()
+    options["when_ready"](master)
+    try:
+        assert master.jobs.process.is_alive() and master.jobs.process.pid != os.getpid()
+        # No thread in the master: its forks of workers copy no held lock.
+        assert threading.active_count() == threads
+    finally:
+        master.jobs.stop()
+    assert master.jobs.exited()
+
+
+def test_a_jobs_process_that_died_is_started_again(database_env, monkeypatch):
+    monkeypatch.setattr(jobs, "RESTART_AFTER_SECONDS", 0.0)
+    process = jobs.JobsProcess(database_env, None).start()
+    try:
+        first = process.process.pid
+        process.keep_alive()
+        assert process.process.pid == first  # alive: left alone
+        os.kill(first, signal.SIGKILL)
+        deadline = clock.monotonic() + 10
+        while not process.exited() and clock.monotonic() < deadline:
+            clock.sleep(0.05)
+        process.keep_alive()
+        assert process.process.pid != first and process.process.is_alive()
+    finally:
+        process.stop()
+
+
+def test_the_jobs_process_ends_when_its_server_is_gone(database_env, caplog, monkeypatch):
+    # Run in this process, with a parent pid that is not ours: it returns at once
+    # (and leaves this process's SIGTERM alone).
+    monkeypatch.setattr(jobs.signal, "signal", lambda *args: None)
+    jobs.run_jobs(database_env, None, parent_pid=os.getppid() + 100_000)
+    assert "the server (pid" in caplog.text and "is gone" in caplog.text
 
 
 def test_dev_server_checks_no_signatures_and_says_so(database_env, monkeypatch, capsys):

@@ -12,7 +12,6 @@ import sys
 import click
 
 
-
 def _refuse(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
@@ -29,9 +28,9 @@ def _refuse(message: str) -> None:
 def serve(host: str, port: int, workers: int | None, dev: bool) -> None:
     """Run the webhook server; also runs the supply job daily at IVRS_SUPPLY_AT
     (UTC HH:MM, default 02:00; 'off' disables it)."""
-    from ivrs.server import serve as server
     from ivrs.config import Settings
     from ivrs.outbound.scheduler import ScheduleError, parse_supply_at
+    from ivrs.server import serve as server
 
     try:
         supply_at = parse_supply_at(os.environ.get("IVRS_SUPPLY_AT"))

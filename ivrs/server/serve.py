@@ -18,8 +18,10 @@ import sys
 from datetime import time
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from ivrs.outbound.scheduler import start_supply_schedule
+from ivrs.server.jobs import JobsProcess
 
 log = logging.getLogger("ivrs.serve")
 
@@ -80,8 +82,9 @@ def gunicorn_options(host: str, port: int, workers: int, supply_at: time | None,
                      database_url: str) -> dict:
     def when_ready(server) -> None:
         # Runs once, in the master, after the listening socket is open: the
-        # supply schedule belongs to the server, never to each worker.
-        start_supply_schedule(database_url, supply_at)
+        # background jobs belong to the server, never to each worker, and run
+        # in a process of their own (ivrs.server.jobs says why not in a thread).
+        server.jobs = JobsProcess(database_url, supply_at).start()
 
     return {
         "bind": bind_address(host, port),
@@ -123,6 +126,31 @@ class IvrsGunicorn(BaseApplication):
         from ivrs.app import create_app
 
         return create_app()
+
+    def run(self) -> None:
+        try:
+            IvrsArbiter(self).run()
+        except RuntimeError as error:  # as gunicorn's own run(): a message, not a trace
+            print(f"\nError: {error}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+
+class IvrsArbiter(Arbiter):
+    """gunicorn's master, also keeping the background jobs' process alive."""
+
+    jobs: JobsProcess | None = None
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        if self.jobs is not None:
+            self.jobs.keep_alive()
+
+    def stop(self, graceful: bool = True) -> None:
+        # The jobs first: the workers' drain may take the whole graceful timeout.
+        if self.jobs is not None:
+            self.jobs.stop()
+            self.jobs = None
+        super().stop(graceful)
 
 
 def run_gunicorn(host: str, port: int, workers: int, supply_at: time | None,
