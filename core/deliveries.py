@@ -1,16 +1,25 @@
-"""Deliveries: the outbox's notifications as one durable queue row per recipient.
+"""Deliveries: the outbox's notifications as one durable queue row per recipient
+and channel.
 
-A notification (``core.supply.outbox``) names an audience; the sender turns it
-into ``Delivery`` rows, one per user who should get it, and then works from
-those rows alone. This module is the database side of that work, free of
-Twilio: who the recipients are, the expansion, the claim of one due delivery,
-and every outcome the sender or a status callback records. ``ivrs.outbound.notify``
-does the talking to Twilio.
+A notification (``core.supply.outbox``) names an audience; a sender turns it
+into ``Delivery`` rows, one per user who should get it and channel they are
+reached on, and then works from those rows alone. This module is the database
+side of that work, free of Twilio and SMTP: who the recipients are, the
+expansion, the claim of one due delivery, and every outcome a sender or a
+status callback records. ``ivrs.outbound.notify`` does the talking to Twilio,
+``ivrs.outbound.email`` to the mail server.
 
-Why a row per recipient: each message has its own attempts, backoff, provider
-sid and delivery status, and the unique (notification, user) pair makes the
-expansion idempotent, so a notification reaches a user at most once whatever
-runs twice.
+Channels: ``sms`` for a user with a phone, ``email`` for a user with an
+e-mail address; a user with both gets both. Whichever sender runs first
+expands a notification for every channel; a delivery of a channel whose
+sender is not configured simply waits ``queued`` (it is that channel's
+outbox, and ``ivrs outbox`` lists it), and each sender claims only its own
+channel's rows.
+
+Why a row per recipient and channel: each message has its own attempts,
+backoff, provider id and delivery status, and the unique (notification, user,
+channel) triple makes the expansion idempotent, so a notification reaches a
+user at most once per channel whatever runs twice.
 
 Never twice: a delivery is *claimed* (``queued`` -> ``sending``, attempts + 1)
 in a transaction of its own that commits before the request to Twilio leaves.
@@ -25,31 +34,32 @@ A kit-confirmation request or reminder whose kits were all confirmed while it
 waited (Twilio down or not yet configured) is expanded to nobody: it would ask
 for what is done (``core.supply.confirmation.awaits_confirmation``).
 
-Opt-out: a user who opted out (SMS ``STOP``, or Twilio's error 21610) gets a
-delivery in status ``opted_out`` that is never sent; the check is made at
+Opt-out: a user who opted out (SMS ``STOP``, or Twilio's error 21610) gets an
+SMS delivery in status ``opted_out`` that is never sent; the check is made at
 expansion and again at claim time, so a STOP that arrives in between wins.
+It is an opt-out of our SMS number: e-mail still goes to the user's address.
 
-Blinding: audit rows name the delivery, the notification key, the recipient's
-user code, the provider sid and error codes; never the text, a kit type or an arm.
+Blinding and privacy: audit rows name the delivery, its channel, the
+notification key, the recipient's user code, the provider id and error codes;
+never the text, the address, a kit type or an arm.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.audit import AuditLog
 from core.clock import as_utc
 from core.db import Database
-from core.models import Site, User, UserSite
+from core.models import Delivery, Notification, Site, User, UserSite
 from core.supply.confirmation import awaits_confirmation
-from core.models import Delivery, Notification
 from core.supply.outbox import EXPANDED, PENDING
 
 log = logging.getLogger("core.deliveries")
@@ -65,6 +75,10 @@ OPTED_OUT = "opted_out"
 # "delivered" changes nothing, and no final status is ever left.
 RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, UNDELIVERED: 3, FAILED: 3, OPTED_OUT: 3}
 WAITING = (QUEUED, SENDING)
+
+SMS = "sms"
+EMAIL = "email"
+CHANNELS = (SMS, EMAIL)
 
 SENDER_ACTOR = "system:sender"
 MESSAGING_ACTOR = "system:messaging"
@@ -88,7 +102,8 @@ def backoff(attempts: int) -> timedelta:
 
 
 def audience_users(session: Session, study_id: int, audience: str) -> list[User]:
-    """The active users with a phone that ``audience`` names, by user code.
+    """The active users with a phone or an e-mail address that ``audience``
+    names, by user code (``channels`` says on which channels each is reached).
 
     ``user:<code>`` one user, ``role:<role>`` every user of that role,
     ``site:<code>`` every user linked to that site (``site:<code>:<role>``
@@ -97,8 +112,9 @@ def audience_users(session: Session, study_id: int, audience: str) -> list[User]
     shape names nobody and is logged.
     """
     kind, _, name = audience.partition(":")
-    query = select(User).where(User.study_id == study_id, User.active.is_(True),
-                               User.phone.is_not(None), User.phone != "")
+    reachable = or_(and_(User.phone.is_not(None), User.phone != ""),
+                    and_(User.email.is_not(None), User.email != ""))
+    query = select(User).where(User.study_id == study_id, User.active.is_(True), reachable)
     if kind == "user":
         query = query.where(User.user_code == name)
     elif kind == "role":
@@ -118,24 +134,65 @@ def audience_users(session: Session, study_id: int, audience: str) -> list[User]
     return list(session.scalars(query.order_by(User.user_code)))
 
 
+def channels(user: User) -> list[str]:
+    """The channels ``user`` is reached on: SMS with a phone (opted out or not:
+    the caller decides), e-mail with an address."""
+    return [channel for channel, address in ((SMS, user.phone), (EMAIL, user.email))
+            if address]
+
+
+def address(user: User, channel: str) -> str | None:
+    return user.phone if channel == SMS else user.email
+
+
 # --- expansion ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What one recipient gets on one channel ("" when the message has no text)."""
+
+    body: str
+    subject: str | None = None  # e-mail only
+
+
+# (notification, recipient, channel) -> the text; ``notification.study`` is loaded.
+Render = Callable[[Notification, User, str], Rendered]
 
 
 @dataclass(frozen=True)
 class Expansion:
     notifications: int = 0  # notifications expanded
-    queued: int = 0  # deliveries waiting to be sent
-    opted_out: int = 0  # deliveries that will never be sent: the user opted out
-    failed: int = 0  # deliveries with no text to send
+    # deliveries made, by (channel, status): queued (waiting to be sent), opted_out
+    # (never sent: the user opted out of SMS), failed (no text to send)
+    made: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    def count(self, status: str, channel: str | None = None) -> int:
+        return sum(n for (c, s), n in self.made.items()
+                   if s == status and channel in (None, c))
+
+    @property
+    def queued(self) -> int:
+        return self.count(QUEUED)
+
+    @property
+    def opted_out(self) -> int:
+        return self.count(OPTED_OUT)
+
+    @property
+    def failed(self) -> int:
+        return self.count(FAILED)
 
 
-def expand_pending(db: Database, render: Callable[[Notification, User], str], *,
-                   now: datetime, limit: int = 100) -> Expansion:
-    """Turn up to ``limit`` pending notifications into deliveries (``pending`` ->
-    ``expanded``), each in a transaction of its own. ``render`` gives the text
-    a user gets; an empty text makes a ``failed`` delivery (``no_text``), never
-    an empty message."""
-    totals = defaultdict(int)
+def expand_pending(db: Database, render: Render, *, now: datetime,
+                   limit: int = 100) -> Expansion:
+    """Turn up to ``limit`` pending notifications into deliveries, one per
+    recipient and channel (``pending`` -> ``expanded``), each notification in a
+    transaction of its own. ``render`` gives the text a user gets on a channel;
+    an empty text makes a ``failed`` delivery (``no_text``), never an empty
+    message."""
+    made: dict[tuple[str, str], int] = defaultdict(int)
+    notifications = 0
     for _ in range(limit):
         with db.transaction() as session:
             notification = session.scalars(
@@ -143,16 +200,16 @@ def expand_pending(db: Database, render: Callable[[Notification, User], str], *,
                 .order_by(Notification.id).limit(1).with_for_update(skip_locked=True)).first()
             if notification is None:
                 break
-            for name, count in _expand(session, notification, render, now).items():
-                totals[name] += count
-            totals["notifications"] += 1
-    return Expansion(**totals)
+            for key, count in _expand(session, notification, render, now).items():
+                made[key] += count
+            notifications += 1
+    return Expansion(notifications, dict(made))
 
 
-def _expand(session: Session, notification: Notification,
-            render: Callable[[Notification, User], str], now: datetime) -> dict[str, int]:
+def _expand(session: Session, notification: Notification, render: Render,
+            now: datetime) -> dict[tuple[str, str], int]:
     audit = AuditLog(notification.study_id, SENDER_ACTOR)
-    counts = defaultdict(int)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
     if not awaits_confirmation(session, notification.study_id, notification.kind,
                                notification.params or {}):
         notification.status = EXPANDED
@@ -161,35 +218,47 @@ def _expand(session: Session, notification: Notification,
         audit.seal(session)
         return {}
     recipients = audience_users(session, notification.study_id, notification.audience)
+    by_email = []
     for user in recipients:
-        body = render(notification, user)  # kept also when unsent: what they would have got
-        if user.opted_out:
-            status, error = OPTED_OUT, None
-        elif not body.strip():
-            status, error = FAILED, NO_TEXT
-            log.error("notification %s: message %s has no text for user %s (%s): not sent",
-                      notification.key, notification.message_id, user.user_code, user.language)
-        else:
-            status, error = QUEUED, None
-        delivery = Delivery(study_id=notification.study_id, notification_id=notification.id,
-                            user_id=user.id, to_phone=user.phone, language=user.language,
-                            body=body, status=status, attempts=0, next_attempt_at=now,
-                            error_code=error, created_at=now, updated_at=now)
-        session.add(delivery)
-        session.flush()
-        counts[status] += 1
-        if status == OPTED_OUT:
-            audit.record("message_opted_out", "delivery", delivery.id,
-                         new={"notification": notification.key, "user": user.user_code})
-        elif status == FAILED:
-            audit.record("message_failed", "delivery", delivery.id,
-                         new={"notification": notification.key, "user": user.user_code,
-                              "error_code": error})
+        for channel in channels(user):
+            # kept also when unsent: what they would have got
+            text = render(notification, user, channel)
+            if channel == SMS and user.opted_out:
+                status, error = OPTED_OUT, None
+            elif not text.body.strip():
+                status, error = FAILED, NO_TEXT
+                log.error("notification %s: message %s has no text for user %s (%s, %s): "
+                          "not sent", notification.key, notification.message_id,
+                          user.user_code, user.language, channel)
+            else:
+                status, error = QUEUED, None
+            delivery = Delivery(study_id=notification.study_id, notification_id=notification.id,
+                                user_id=user.id, channel=channel,
+                                to_phone=user.phone if channel == SMS else None,
+                                to_email=user.email if channel == EMAIL else None,
+                                language=user.language, subject=text.subject, body=text.body,
+                                status=status, attempts=0, next_attempt_at=now,
+                                error_code=error, created_at=now, updated_at=now)
+            session.add(delivery)
+            session.flush()
+            counts[channel, status] += 1
+            if channel == EMAIL:
+                by_email.append(user.user_code)
+            if status == OPTED_OUT:
+                audit.record("message_opted_out", "delivery", delivery.id,
+                             new={"notification": notification.key, "user": user.user_code,
+                                  "channel": channel})
+            elif status == FAILED:
+                audit.record("message_failed", "delivery", delivery.id,
+                             new={"notification": notification.key, "user": user.user_code,
+                                  "channel": channel, "error_code": error})
     notification.status = EXPANDED
-    audit.record("notification_expanded", "notification", notification.key,
-                 new={"recipients": [user.user_code for user in recipients]})
+    expanded = {"recipients": [user.user_code for user in recipients]}
+    if by_email:
+        expanded["by_email"] = by_email
+    audit.record("notification_expanded", "notification", notification.key, new=expanded)
     audit.seal(session)
-    return {"queued": counts[QUEUED], "opted_out": counts[OPTED_OUT], "failed": counts[FAILED]}
+    return counts
 
 
 # --- claiming ----------------------------------------------------------------------------
@@ -201,16 +270,28 @@ class Claimed:
 
     id: int
     study_id: int
-    to_phone: str
+    to_phone: str | None
     body: str
     attempt: int
     attempt_started_at: datetime
+    channel: str = SMS
+    to_email: str | None = None
+    subject: str | None = None
+    created_at: datetime | None = None
 
 
-def claim_next(db: Database, *, now: datetime) -> tuple[Claimed | None, int]:
-    """Claim the next due delivery (``queued`` -> ``sending``) and commit.
+def _claimed(delivery: Delivery, attempt: int, started: datetime) -> Claimed:
+    return Claimed(delivery.id, delivery.study_id, delivery.to_phone, delivery.body, attempt,
+                   started, delivery.channel, delivery.to_email, delivery.subject,
+                   as_utc(delivery.created_at))
 
-    Returns it (None when nothing is due) and how many due deliveries were
+
+def claim_next(db: Database, *, now: datetime, channel: str = SMS
+               ) -> tuple[Claimed | None, int]:
+    """Claim the next due delivery of ``channel`` (``queued`` -> ``sending``) and
+    commit; a sender claims only the channel it serves.
+
+    Returns it (None when nothing is due) and how many due SMS deliveries were
     found on the way whose user has opted out since: those become
     ``opted_out`` and are never sent.
     """
@@ -220,13 +301,14 @@ def claim_next(db: Database, *, now: datetime) -> tuple[Claimed | None, int]:
             row = session.execute(
                 select(Delivery, User.opted_out, User.user_code)
                 .join(User, User.id == Delivery.user_id)
-                .where(Delivery.status == QUEUED, Delivery.next_attempt_at <= now)
+                .where(Delivery.status == QUEUED, Delivery.channel == channel,
+                       Delivery.next_attempt_at <= now)
                 .order_by(Delivery.next_attempt_at, Delivery.id).limit(1)
                 .with_for_update(of=Delivery, skip_locked=True)).first()
             if row is None:
                 return None, opted_out
             delivery, user_opted_out, user_code = row
-            if user_opted_out:
+            if user_opted_out and channel == SMS:
                 _finish(session, delivery, OPTED_OUT, now, user_code=user_code)
                 opted_out += 1
                 continue
@@ -239,21 +321,19 @@ def claim_next(db: Database, *, now: datetime) -> tuple[Claimed | None, int]:
             if claimed != 1:  # cannot happen under the row lock; never loop on it
                 log.error("delivery %s could not be claimed although locked", delivery.id)
                 return None, opted_out
-            return Claimed(delivery.id, delivery.study_id, delivery.to_phone, delivery.body,
-                           delivery.attempts + 1, now), opted_out
+            return _claimed(delivery, delivery.attempts + 1, now), opted_out
 
 
 def stale_sending(db: Database, *, now: datetime, older_than: timedelta,
-                  limit: int = 50) -> list[Claimed]:
-    """Deliveries left ``sending`` since before ``now - older_than``: their sender
-    died, or did not learn whether Twilio took the message."""
+                  limit: int = 50, channel: str = SMS) -> list[Claimed]:
+    """Deliveries of ``channel`` left ``sending`` since before ``now - older_than``:
+    their sender died, or did not learn whether the provider took the message."""
     with db.sessions() as session:
         rows = session.scalars(
-            select(Delivery).where(Delivery.status == SENDING,
+            select(Delivery).where(Delivery.status == SENDING, Delivery.channel == channel,
                                    Delivery.attempt_started_at < now - older_than)
             .order_by(Delivery.attempt_started_at, Delivery.id).limit(limit))
-        return [Claimed(d.id, d.study_id, d.to_phone, d.body, d.attempts,
-                        as_utc(d.attempt_started_at)) for d in rows]
+        return [_claimed(d, d.attempts, as_utc(d.attempt_started_at)) for d in rows]
 
 
 # --- outcomes ----------------------------------------------------------------------------
@@ -261,14 +341,15 @@ def stale_sending(db: Database, *, now: datetime, older_than: timedelta,
 
 def record_sent(db: Database, claimed: Claimed, sid: str, *, now: datetime,
                 provider_status: str = SENT, reconciled: bool = False) -> bool:
-    """Twilio took the message (``sid``). Also applied to a row put back in the
-    queue since (it must not go out again); False if the row had moved on."""
+    """The provider took the message (``sid``: Twilio's message sid, or the
+    e-mail's Message-ID without its domain). Also applied to a row put back in
+    the queue since (it must not go out again); False if the row had moved on."""
     with db.transaction() as session:
         delivery, user_code = _locked(session, claimed.id)
         if delivery.provider_sid == sid:
             return False  # recorded already (a reconciliation that raced)
         if delivery.status not in WAITING:
-            log.error("delivery %s: Twilio took message %s, but the delivery is already %s "
+            log.error("delivery %s: the provider took message %s, but the delivery is already %s "
                       "(message %s)", delivery.id, sid, delivery.status, delivery.provider_sid)
             return False
         delivery.provider_sid = sid
@@ -280,7 +361,8 @@ def record_sent(db: Database, claimed: Claimed, sid: str, *, now: datetime,
 
 
 def record_retry(db: Database, claimed: Claimed, error_code: str, *, now: datetime) -> str | None:
-    """Nothing was sent (Twilio answered 429/5xx, or no connection): back to the
+    """Nothing was sent (Twilio answered 429/5xx, the mail server 4xx, or no
+    connection), or an e-mail whose outcome is unknown goes again: back to the
     queue after the backoff, or ``failed`` after the last attempt. Returns the
     new status, None when the attempt was no longer the delivery's."""
     with db.transaction() as session:
@@ -300,7 +382,8 @@ def record_retry(db: Database, claimed: Claimed, error_code: str, *, now: dateti
 
 def record_failed(db: Database, claimed: Claimed, error_code: str, *,
                   now: datetime) -> bool:
-    """Twilio refused the message for good (a 4xx other than 429 and 21610)."""
+    """The provider refused the message for good (Twilio: a 4xx other than 429 and
+    21610; the mail server: a 5xx)."""
     with db.transaction() as session:
         delivery, user_code = _locked(session, claimed.id)
         if not _current(delivery, claimed):
@@ -344,7 +427,8 @@ def record_provider_status(db: Database, *, sid: str, provider_status: str,
     with db.transaction() as session:
         found = session.execute(
             select(Delivery, User.user_code).join(User, User.id == Delivery.user_id)
-            .where(Delivery.provider_sid == sid).with_for_update(of=Delivery)).first()
+            .where(Delivery.provider_sid == sid, Delivery.channel == SMS)
+            .with_for_update(of=Delivery)).first()
         if found is None:
             log.info("status %s for message %s, which is none of ours: ignored",
                      provider_status, sid)
@@ -392,7 +476,7 @@ def _finish(session: Session, delivery: Delivery, status: str, now: datetime, *,
     delivery.updated_at = now
     if old in WAITING or status in (FAILED, UNDELIVERED, OPTED_OUT):
         values = {"notification_id": delivery.notification_id, "user": user_code,
-                  "provider_sid": sid or delivery.provider_sid,
+                  "channel": delivery.channel, "provider_sid": sid or delivery.provider_sid,
                   "error_code": delivery.error_code, **details}
         audit = AuditLog(delivery.study_id, SENDER_ACTOR)
         audit.record(AUDIT_ACTIONS[status], "delivery", delivery.id, old={"status": old},

@@ -74,3 +74,41 @@ def sid(value: object) -> str | None:
 def phone(value: object) -> str | None:
     """A phone number as Twilio writes it (E.164): an optional ``+`` and 3 to 20 digits."""
     return value if isinstance(value, str) and _PHONE.fullmatch(value) else None
+
+
+MAX_EMAIL = 254  # RFC 5321's longest forward path, less its angle brackets
+# Whitespace, controls (C0, DEL, C1), the bidirectional controls that reorder what
+# a screen shows, and the characters that end an address in a header.
+_EMAIL_FORBIDDEN = re.compile("[\\s\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                              "<>()\\[\\],;:\"\\\\]")
+
+
+def email_problem(value: object) -> str | None:
+    """Why ``value`` is not an e-mail address we send to, or None when it is one.
+
+    Deliberately simple (no quoted local parts, no address literals, no
+    comments): one ``@``, a local part and a domain that are not empty, a dot
+    inside the domain, no space, control character or header punctuation, at
+    most 254 characters. The mail server has the last word; this keeps out what
+    is certainly not an address, and what could break a ``To:`` header.
+    """
+    if not isinstance(value, str) or not value:
+        return "an e-mail address is needed"
+    if len(value) > MAX_EMAIL:
+        return f"an e-mail address is at most {MAX_EMAIL} characters"
+    if _EMAIL_FORBIDDEN.search(value):
+        return "an e-mail address has no spaces, control characters or <>()[],;:\"\\"
+    if value.count("@") != 1:
+        return "an e-mail address has exactly one '@'"
+    local, domain = value.split("@")
+    if not local or not domain:
+        return "an e-mail address has a name before the '@' and a domain after it"
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(labels):
+        return "the domain of an e-mail address has a dot inside it (example.org)"
+    return None
+
+
+def email(value: object) -> str | None:
+    """``value`` if it is an e-mail address we send to (``email_problem``), else None."""
+    return value if email_problem(value) is None else None  # type: ignore[return-value]

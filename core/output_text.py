@@ -1,6 +1,6 @@
 """Text on its way out, made safe for the medium it goes to: the one function
-every text passes before it reaches TwiML, an SMS, a report file or (later) HTML
-and e-mail.
+every text passes before it reaches TwiML, an SMS, an e-mail, a report file or
+(later) HTML.
 
 What a user typed can come back to them or to others (``LANG`` echoes its
 argument, a reason typed by SMS reaches a report), so the characters a medium
@@ -13,6 +13,9 @@ cannot carry are removed here, once, rather than trusted to each writer:
   bidirectional embedding, override and isolate controls (U+202A-U+202E,
   U+2066-U+2069), which reorder what a phone shows (the marks U+200E/U+200F,
   which right-to-left text needs, stay);
+- ``email`` (a plain-text e-mail's body and subject): ``sms``'s, for the same
+  reasons (a mail client shows what a phone shows); a subject is one line, its
+  newlines are the e-mail sender's business;
 - ``table`` (CSV, Excel, PDF cells): ``xml``'s (Excel files are XML). A cell
   that looks like a formula is the Excel writer's business: it writes text.
 
@@ -31,6 +34,7 @@ _BIDI = "\u202a-\u202e\u2066-\u2069"
 _REMOVE = {
     "xml": re.compile(f"[{_XML_ILLEGAL}]"),
     "sms": re.compile(f"[{_XML_ILLEGAL}{_CONTROLS}{_BIDI}]"),
+    "email": re.compile(f"[{_XML_ILLEGAL}{_CONTROLS}{_BIDI}]"),
     "table": re.compile(f"[{_XML_ILLEGAL}]"),
 }
 MEDIA = frozenset(_REMOVE)

@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from core.errors import FileError, FileErrors
+from core.fields import email_problem
 
 PathTuple = tuple[str | int, ...]
 
@@ -207,6 +208,13 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+def _check_email(value: str) -> str:
+    problem = email_problem(value)
+    if problem is not None:
+        raise ValueError(f"{value!r} is not an e-mail address: {problem}")
+    return value
+
+
 Stripped = StringConstraints(strip_whitespace=True)
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # Codes end up in stratum keys (SEX=F|AGE=GE65) and cap keys (SEX=F,AGE=GE65),
@@ -228,6 +236,7 @@ Locale = Annotated[str, Stripped, _formatted(
 Country = Annotated[str, Stripped, _formatted(
     r"[A-Z]{2}", "a two-letter ISO country code in capitals (FR, DE, US ...)")]
 TimeZone = Annotated[str, Stripped, AfterValidator(_check_timezone)]
+Email = Annotated[str, Stripped, AfterValidator(_check_email)]
 
 
 class Section(BaseModel):
@@ -358,6 +367,7 @@ class UserDef(Section):
     role: Literal[ROLES]  # type: ignore[valid-type]
     sites: list[SiteCode] = []
     phone: Phone | None = None
+    email: Email | None = None  # notifications by e-mail too (SMTP_URL)
     language: Locale | None = None  # default: the language of the user's first site
     pin: Pin | None = None
 

@@ -47,12 +47,15 @@ from core.models import (
     Depot,
     Factor,
     FactorLevel,
+    Kit,
+    KitType,
     ListEntry,
     MinimizationCount,
     Randomization,
     RandomizationEvent,
     RandomizationList,
     Site,
+    SiteSupply,
     StratumCounter,
     Study,
     StudyPhoneNumber,
@@ -64,7 +67,6 @@ from core.randomization.strata import cap_matches, parse_key
 from core.studies import bump_config_version
 from core.study_config import own_config
 from core.study_file import EventDef, StudyDefinition, parse_study_file
-from core.models import Kit, KitType, SiteSupply
 
 __all__ = ["LoadResult", "load_study", "parse_study_file"]
 
@@ -590,13 +592,14 @@ class StudyWriter:
             select(User).where(User.study_id == self.study.id).options(selectinload(User.sites)))}
         for user in self.d.users:
             wanted = {"name": user.name, "role": user.role, "phone": user.phone,
-                      "language": user.language, "sites": sorted(user.sites), "active": True}
+                      "email": user.email, "language": user.language,
+                      "sites": sorted(user.sites), "active": True}
             row = rows.get(user.id)
             if row is None:
                 self.create_user(user, wanted, sites)
                 continue
             current = {"name": row.name, "role": row.role, "phone": row.phone,
-                       "language": row.language, "sites": sorted(s.code for s in row.sites),
+                       "email": row.email, "language": row.language, "sites": sorted(s.code for s in row.sites),
                        "active": row.active}
             old, new = _diff(current, wanted)
             for name, value in new.items():
@@ -618,7 +621,7 @@ class StudyWriter:
 
     def create_user(self, user, wanted: dict[str, Any], sites: dict[str, Site]) -> None:
         row = User(study_id=self.study.id, user_code=user.id, name=user.name, role=user.role,
-                   phone=user.phone, language=user.language,
+                   phone=user.phone, email=user.email, language=user.language,
                    sites=[sites[code] for code in wanted["sites"]],
                    pin_hash=hash_pin(user.pin) if user.pin else None, pin_temporary=False)
         self.session.add(row)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from core.actors import ROLES, UNBLINDED_ROLES, Actor
 from core.db import Database
 from core.errors import IvrsError, NotFound, Refused
-from core.fields import is_digits
+from core.fields import email_problem, is_digits
 from core.models import Site, User
 from core.pins import check_pin, hash_pin, is_valid_pin
 from core.service import service_call
@@ -30,8 +30,9 @@ class UserResult:
 
 def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[str],
              phone: str | None, language: str | None, pin: str, actor: Actor,
-             study: str | None = None) -> UserResult:
-    """``language`` None: the language of the user's first site, else the study's first."""
+             study: str | None = None, email: str | None = None) -> UserResult:
+    """``language`` None: the language of the user's first site, else the study's first.
+    ``email``: where notifications go by e-mail too (``core.fields.email_problem``)."""
     actor.require(frozenset(), "add users")
     if not is_digits(user_code):
         raise IvrsError("a user ID is digits only (it is typed on a keypad)", code="bad_user")
@@ -40,6 +41,11 @@ def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[
                         code="bad_role")
     if not is_valid_pin(pin):
         raise IvrsError("a PIN is 4 to 8 digits", code="bad_pin")
+    if email is not None:
+        email = email.strip()
+        problem = email_problem(email)
+        if problem is not None:
+            raise IvrsError(f"e-mail {email!r} refused: {problem}", code="bad_email")
     with service_call(db, study, "add_user", None, actor) as call:
         if language is None:
             first_site = call.session.execute(select(Site.language).where(
@@ -60,12 +66,13 @@ def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[
             raise IvrsError(f"unknown site(s) {', '.join(sorted(missing))}", code="unknown_site")
         # A PIN given by an administrator is temporary: the user changes it at the next call.
         user = User(study_id=call.study.id, user_code=user_code, name=name, role=role,
-                    phone=phone, language=language, pin_hash=hash_pin(pin), pin_temporary=True,
+                    phone=phone, email=email, language=language, pin_hash=hash_pin(pin),
+                    pin_temporary=True,
                     sites=list(site_rows))
         call.session.add(user)
         call.audit.record("user_created", "user", user_code, new={
             "name": name, "role": role, "sites": sorted(sites), "phone": phone,
-            "language": language, "pin": "set (temporary)"})
+            "email": email, "language": language, "pin": "set (temporary)"})
         return UserResult(**call.finish({"user_code": user_code, "locked": False}))
 
 

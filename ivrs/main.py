@@ -12,18 +12,33 @@ from __future__ import annotations
 import click
 
 from ivrs.cli import approvals, audit, export, jobs, reports, setup, simulate, supply, users
+from ivrs.config import ConfigError
 from ivrs.demo import commands as demo_commands
 from ivrs.demo import terminal
 from ivrs.server import command as server
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """A setting that cannot be used (``ivrs.config.ConfigError``, e.g. a bad
+    ``SMTP_URL``) stops any command with one clear message and exit status 2,
+    as ``ivrs serve`` refuses a configuration it cannot serve with."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ivrs")
 def main() -> None:
     """ivrs: randomization and trial supply over the telephone and SMS.
 
     Configuration is by environment: DATABASE_URL (default: a SQLite file
-    ivrs.sqlite3 here), IVRS_PIN_PEPPER, IVRS_ENV, IVRS_TODAY; see README.md.
+    ivrs.sqlite3 here), IVRS_PIN_PEPPER, IVRS_ENV, IVRS_TODAY, the Twilio
+    settings and SMTP_URL / SMTP_FROM; see README.md.
     """
 
 

@@ -3,7 +3,8 @@
 The demo plays every kind of exchange (calls in three languages, SMS, the
 supply job, an emergency unblinding) and prints the conversations, the SMS
 queued and the blinded reports. This test collects all of that, every log line
-at DEBUG, every notification rendered for each of its recipients, and every
+at DEBUG, every notification rendered for each of its recipients (as an SMS
+and as an e-mail's subject and body), and every
 blinded report of SPEC §8, and finds no arm name or code, kit type or lot (lots
 are per kit type) anywhere, except in the one answer the unblinding
 investigator is given.
@@ -18,14 +19,13 @@ import re
 
 from sqlalchemy import select
 
-from core.deliveries import audience_users
-from core.models import Arm, Randomization, Subject
+from core.deliveries import EMAIL, audience_users
+from core.models import Arm, KitType, Notification, Randomization, Subject
 from core.report_registry import REPORTS
 from core.studies import get_study
-from core.models import KitType, Notification
 from dialogs.output import Digits, Say
 from ivrs.demo.scenario import run_demo
-from ivrs.outbound.notify import render
+from ivrs.outbound.notify import render, render_for
 from ivrs.render.speech import text
 
 LOTS = ("LA1", "LP1")  # the demo kit list's lots: one per kit type
@@ -87,6 +87,8 @@ def test_a_full_demo_run_shows_no_arm_outside_the_unblinding_answer(tmp_path, ca
         for notification in session.scalars(select(Notification)):
             for user in audience_users(session, study.id, notification.audience):
                 rendered.append(render(notification, user))
+                email = render_for(notification, user, EMAIL)  # as if they had an address
+                rendered += [email.subject, email.body]
         sources["notifications"] = "\n".join(rendered)
         for name, report in REPORTS.items():
             columns, rows = report(session, study, True)

@@ -24,19 +24,18 @@ from twilio.request_validator import RequestValidator
 from core.audit import AuditLog, verify
 from core.db import Database
 from core.deliveries import MAX_ATTEMPTS, backoff, claim_next, set_opted_out
-from core.models import AuditEvent, User
+from core.models import AuditEvent, Delivery, Notification, User
 from core.studies import get_study
 from core.study_loader import load_study
-from core.models import Delivery, Notification
 from core.supply.outbox import notify
 from dialogs.output import Say
-from ivrs.render import speech
 from ivrs.app import create_app
-from ivrs.main import main
 from ivrs.config import Settings
+from ivrs.conversations.sessions import MemorySessionStore
+from ivrs.main import main
 from ivrs.outbound.notify import gateway, send_pending
 from ivrs.outbound.scheduler import start_sender
-from ivrs.conversations.sessions import MemorySessionStore
+from ivrs.render import speech
 from ivrs.render.sms_text import for_sms
 
 COORDINATOR = "+33655500101"  # user 5001, site 101
@@ -86,12 +85,12 @@ def sender(fake):
 
 
 def queue(db: Database, key: str, audience: str = "user:5001", *, params=None,
-          message_id: str = MESSAGE) -> None:
+          message_id: str = MESSAGE, kind: str = "test") -> None:
     """What a core service does: a notification in its own committed transaction."""
     with db.transaction() as session:
         study_id = get_study(session).id
         audit = AuditLog(study_id, "test")
-        notify(session, audit, study_id, key=key, kind="test", audience=audience,
+        notify(session, audit, study_id, key=key, kind=kind, audience=audience,
                message_id=message_id, params=PARAMS if params is None else params)
         audit.seal(session)
 

@@ -11,12 +11,15 @@ moves only through ``core.supply.lifecycle``.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, Boolean, Date, ForeignKey, Index, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.models.base import Base, Timestamp, _now
+
+if TYPE_CHECKING:
+    from core.models.trial import Study
 
 
 class KitType(Base):
@@ -190,23 +193,30 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
+    # for the senders' texts (an e-mail's subject names the study)
+    study: Mapped[Study] = relationship()
+
 
 class Delivery(Base):
-    """One outbound message to one user: the durable queue row the sender works from.
+    """One outbound message to one user on one channel: the durable queue row the
+    senders work from.
 
-    The sender (``ivrs.outbound.notify``) expands a notification into one delivery per
-    recipient, with the text rendered in the recipient's language and stored,
-    so that what was sent is on record. ``status`` moves forward only:
-    ``queued`` -> ``sending`` (claimed by one sender, the request may be under
-    way) -> ``sent`` (Twilio accepted it; ``provider_sid``) -> ``delivered`` |
-    ``undelivered`` | ``failed`` (status callbacks); ``failed`` also when Twilio
-    refused it or the retries ran out, ``opted_out`` when the recipient opted
-    out (never sent). See ``core.deliveries``.
+    A sender (``ivrs.outbound.notify`` for SMS, ``ivrs.outbound.email`` for
+    e-mail) expands a notification into one delivery per recipient and channel
+    (``sms`` to ``to_phone``, ``email`` to ``to_email`` with a ``subject``),
+    with the text rendered in the recipient's language and stored, so that what
+    was sent is on record. ``status`` moves forward only: ``queued`` ->
+    ``sending`` (claimed by one sender, the request may be under way) -> ``sent``
+    (Twilio or the mail server accepted it; ``provider_sid``: Twilio's message
+    sid, or the e-mail's Message-ID without its domain) -> ``delivered`` |
+    ``undelivered`` | ``failed`` (SMS status callbacks); ``failed`` also when
+    the provider refused it or the retries ran out, ``opted_out`` when the
+    recipient opted out of SMS (never sent). See ``core.deliveries``.
     """
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        UniqueConstraint("notification_id", "user_id"),
+        UniqueConstraint("notification_id", "user_id", "channel"),
         # Twilio's message sid; NULL until sent (NULLs never collide).
         UniqueConstraint("provider_sid"),
         # the sender's question: what is queued and due now
@@ -217,14 +227,18 @@ class Delivery(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    to_phone: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(10), default="sms", server_default="sms")
+    to_phone: Mapped[str | None] = mapped_column(String(32))  # channel sms
+    to_email: Mapped[str | None] = mapped_column(String(254))  # channel email
     language: Mapped[str] = mapped_column(String(10))
+    subject: Mapped[str | None] = mapped_column(Text)  # channel email
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20))
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # when the current (or last) attempt was claimed: a delivery left ``sending``
-    # long after this is reconciled against Twilio's message list
+    # long after this is reconciled against Twilio's message list (SMS) or queued
+    # again (e-mail)
     attempt_started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     provider_sid: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(20))

@@ -180,6 +180,9 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(40))
     phone: Mapped[str | None] = mapped_column(String(32))
+    # Notifications by e-mail too (core.fields.email_problem says what is accepted);
+    # an SMS opt-out does not stop them.
+    email: Mapped[str | None] = mapped_column(String(254))
     language: Mapped[str] = mapped_column(String(10), default="en")
     pin_hash: Mapped[str | None] = mapped_column(String(200))
     pin_temporary: Mapped[bool] = mapped_column(Boolean, default=False)

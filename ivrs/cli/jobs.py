@@ -3,8 +3,9 @@
 Output is blinded: shipments are shown with their total kit
 count, never per kit type. With Twilio configured (TWILIO_ACCOUNT_SID,
 TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER) ``supply run`` ends with a pass of the
-SMS sender and ``outbox send`` runs one by hand; without, ``outbox`` lists
-what waits, with the text each recipient would get.
+SMS sender, with SMTP_URL with a pass of the e-mail sender, and ``outbox send``
+runs both by hand; ``outbox`` lists what waits on either channel, with the
+text each recipient would get.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def supply() -> None:
 def supply_run(study: str | None, today: str | None) -> None:
     """Run the expiry and resupply jobs, then the kit confirmation reminders, once and
     print what they did."""
-    from core.gates import expire_stale
     from core.clock import today as clock_today
     from core.clock import utcnow as clock_utcnow
+    from core.gates import expire_stale
     from core.migrate import upgrade
     from core.supply.confirmation import run_confirmation_reminders
     from core.supply.expiry import run_expiry
@@ -63,14 +64,19 @@ def supply_run(study: str | None, today: str | None) -> None:
 
 
 def _send_if_configured(db) -> None:
-    """The messages the jobs just queued go out now when Twilio is configured
-    (``ivrs serve`` would send them within seconds; a cron job has no server)."""
+    """The messages the jobs just queued go out now on each channel that is
+    configured (``ivrs serve`` would send them within seconds; a cron job has no
+    server)."""
     from ivrs.config import Settings
+    from ivrs.outbound.email import send_pending_email
     from ivrs.outbound.notify import gateway, send_pending
 
-    sender = gateway(Settings.from_env())
+    settings = Settings.from_env()
+    sender = gateway(settings)
     if sender is not None:
         click.echo(f"SMS: {send_pending(db, sender).summary()}")
+    if settings.smtp is not None:
+        click.echo(f"e-mail: {send_pending_email(db, settings).summary()}")
 
 
 def _parse_day(value: str):
@@ -91,11 +97,14 @@ def _parse_day(value: str):
 @click.pass_context
 @handles_errors
 def outbox(ctx: click.Context, include_sent: bool, study: str | None) -> None:
-    """List the outbound messages waiting to be sent, one line per recipient:
-    kind, audience, message id, parameters, recipient and the text they get.
-    Without Twilio configured every message waits here."""
+    """List the outbound messages waiting to be sent, one line per recipient and
+    channel: kind, audience, message id, parameters, recipient (a phone for an
+    SMS, <address> for an e-mail) and the text they get (an e-mail's subject,
+    then ' | ' and its body). Without Twilio every SMS waits here, without
+    SMTP_URL every e-mail."""
     if ctx.invoked_subcommand is not None:
         return
+    from core.deliveries import EMAIL
     from core.studies import get_study
     from ivrs.outbound.notify import outbox_entries
 
@@ -109,8 +118,11 @@ def outbox(ctx: click.Context, include_sent: bool, study: str | None) -> None:
         if entry.user_code is None:
             recipient, words = "no recipient", "-"
         else:
-            recipient = f"to {entry.user_code} {entry.phone} ({entry.language})"
+            address = (f"<{entry.address}>" if entry.channel == EMAIL else entry.address)
+            recipient = f"to {entry.user_code} {address} ({entry.language})"
             words = entry.text or f"(no text for message {note.message_id})"
+            if entry.channel == EMAIL:
+                words = f"{entry.subject} | {words}"
             if entry.english:
                 words += f" | en: {entry.english}"
         status = f"\t[{entry.status}]" if include_sent else ""
@@ -123,15 +135,20 @@ def outbox(ctx: click.Context, include_sent: bool, study: str | None) -> None:
 @outbox.command("send")
 @handles_errors
 def outbox_send() -> None:
-    """Send what is due now through Twilio (``ivrs serve`` does it every few seconds)."""
+    """Send what is due now, SMS through Twilio and e-mail through SMTP_URL
+    (``ivrs serve`` does it every few seconds); one summary line per channel."""
     from core.migrate import upgrade
     from ivrs.config import Settings
+    from ivrs.outbound.email import send_pending_email
     from ivrs.outbound.notify import gateway, send_pending
 
-    sender = gateway(Settings.from_env())
-    if sender is None:
-        raise IvrsError("outbound SMS is not configured: set TWILIO_ACCOUNT_SID, "
-                        "TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER; nothing was sent")
+    settings = Settings.from_env()
+    sender = gateway(settings)
+    if sender is None and settings.smtp is None:
+        raise IvrsError("outbound messages are not configured: set TWILIO_ACCOUNT_SID, "
+                        "TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER for SMS, SMTP_URL (and "
+                        "SMTP_FROM) for e-mail; nothing was sent")
     db = open_database()
     upgrade(db.engine)
-    click.echo(send_pending(db, sender).summary())
+    click.echo(f"SMS: {send_pending(db, sender).summary()}")
+    click.echo(f"e-mail: {send_pending_email(db, settings).summary()}")

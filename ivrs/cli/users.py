@@ -19,16 +19,18 @@ def users() -> None:
 @click.option("--role", required=True)
 @click.option("--site", "sites", multiple=True, help="Site code (repeatable).")
 @click.option("--phone", default=None)
+@click.option("--email", default=None,
+              help="E-mail address: notifications are sent there too (with SMTP_URL).")
 @click.option("--language", default=None,
               help="Default: the language of the user's first site (else the study's first).")
 @click.option("--pin", required=True, help="Temporary PIN, 4-8 digits.")
 @study_option
 @handles_errors
-def users_add(user_id, name, role, sites, phone, language, pin, study) -> None:
+def users_add(user_id, name, role, sites, phone, email, language, pin, study) -> None:
     from core.users import add_user
 
     add_user(open_database(), user_code=user_id, name=name, role=role, sites=list(sites),
-             phone=phone, language=language, pin=pin, actor=ADMIN, study=study)
+             phone=phone, email=email, language=language, pin=pin, actor=ADMIN, study=study)
     click.echo(f"user {user_id} added; the PIN must be changed at the first call")
 
 

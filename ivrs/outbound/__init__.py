@@ -1,2 +1,3 @@
-"""What leaves the system on its own: the outbox sender (SMS through Twilio's REST
-API, delivery status callbacks) and the scheduler of the daily jobs."""
+"""What leaves the system on its own: the outbox senders (SMS through Twilio's REST
+API with its delivery status callbacks, e-mail through an SMTP server) and the
+scheduler of the daily jobs."""

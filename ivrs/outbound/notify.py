@@ -1,16 +1,21 @@
-"""Outbound SMS through Twilio's REST API: the outbox's sender (SPEC §2, §3).
+"""Outbound SMS through Twilio's REST API: the outbox's sender (SPEC §2, §3), and
+the texts of notifications on every channel.
 
 Configured by ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN`` and
 ``TWILIO_FROM_NUMBER``; without them nothing is sent, nothing changes, and the
 notifications wait in the outbox (``ivrs outbox``). ``send_pending`` is one
 pass of the sender: ``ivrs serve`` runs it every few seconds (ivrs.outbound.scheduler),
-``ivrs supply run`` at its end, ``ivrs outbox send`` by hand.
+``ivrs supply run`` at its end, ``ivrs outbox send`` by hand. The e-mail
+sender (``ivrs.outbound.email``) works the same queue on its own channel.
 
 One pass:
 
-1. *Expand*: each pending notification becomes one delivery per recipient
-   (``core.deliveries``), its text rendered in the recipient's language and
-   stored. A message queued by a transaction that rolled back does not exist,
+1. *Expand*: each pending notification becomes one delivery per recipient and
+   channel (``core.deliveries``: SMS to a user with a phone, e-mail to a user
+   with an address), its text rendered in the recipient's language and
+   stored. Whichever sender runs first expands for both channels: the other
+   channel's deliveries wait ``queued`` for their sender (``ivrs outbox`` lists
+   them). A message queued by a transaction that rolled back does not exist,
    so it is never sent; one that committed is a row that waits, whatever
    happens to the process, until a pass sends it.
 2. *Reconcile*: a delivery left ``sending`` for more than a minute had an
@@ -70,14 +75,20 @@ from core.audit import UNBLINDED_KEYS
 from core.clock import as_utc
 from core.db import Database
 from core.deliveries import (
+    EMAIL,
+    FAILED,
     OPTED_OUT,
     OPTED_OUT_CODE,
     PROVIDER_STATUSES,
     QUEUED,
     SENT,
+    SMS,
     WAITING,
     Claimed,
+    Expansion,
+    Rendered,
     audience_users,
+    channels,
     claim_next,
     expand_pending,
     record_failed,
@@ -89,6 +100,7 @@ from core.deliveries import (
 )
 from core.fields import digits
 from core.models import Delivery, Notification, User
+from core.output_text import for_medium
 from core.supply.outbox import EXPANDED, PENDING
 from dialogs.output import Say
 from ivrs.config import Settings
@@ -158,16 +170,56 @@ def gateway(settings: Settings) -> Gateway | None:
 
 
 def render(notification: Notification, user: User) -> str:
-    """The text ``user`` gets for ``notification``, in the user's language ("" when
-    the message id has no text). Unblinded parameters are never offered to the
-    template, whatever a notification carries."""
+    """The SMS text ``user`` gets for ``notification``, in the user's language (""
+    when the message id has no text). Unblinded parameters are never offered to
+    the template, whatever a notification carries."""
     return _text(notification, user.language)
 
 
-def _text(notification: Notification, language: str) -> str:
+def render_for(notification: Notification, user: User, channel: str) -> Rendered:
+    """What ``user`` gets for ``notification`` on ``channel``: the SMS text, or the
+    e-mail's subject and body. The body is the same message as the SMS, written
+    as the language writes it (an SMS drops the accents GSM-7 lacks, an e-mail
+    is UTF-8 and keeps them)."""
+    if channel == EMAIL:
+        return Rendered(_text(notification, user.language, EMAIL),
+                        email_subject(notification, user.language))
+    return Rendered(render(notification, user))
+
+
+def _text(notification: Notification, language: str, channel: str = SMS) -> str:
     params = {name: _typed(name, value) for name, value in (notification.params or {}).items()
               if name not in UNBLINDED_KEYS}
-    return for_sms(text(Say(notification.message_id, params), language).strip())
+    words = text(Say(notification.message_id, params), language).strip()
+    return for_medium(words, "email") if channel == EMAIL else for_sms(words)
+
+
+# An e-mail's subject: the study and what the message is about, by the kind of the
+# notification (never more: the body says the rest, and the subject of an e-mail
+# travels further than its body, into lists and notifications on a locked screen).
+_URGENT = Say("email.subject.supply_urgent")
+_SUBJECTS = {
+    "expiry_warning": Say("email.subject.expiry"),
+    "kit_confirmation": Say("email.subject.kit_confirmation"),
+    "shipment": Say("email.subject.supply"),
+    "depot_short": Say("email.subject.supply"),
+    "urgent_resupply": _URGENT,
+    "unblinding": Say("email.subject.unblinding"),
+    "subject_unblinded": Say("email.subject.unblinding"),
+    "return": Say("email.subject.return"),
+}
+_OTHER = Say("email.subject.other")
+
+
+def email_subject(notification: Notification, language: str) -> str:
+    """The subject line of ``notification``'s e-mail in ``language``: one line."""
+    kind = notification.kind or ""
+    say = next((say for prefix, say in _SUBJECTS.items()
+                if kind == prefix or kind.startswith(prefix + "_")), _OTHER)
+    if "urgent" in (notification.message_id or "").split("."):
+        say = _URGENT
+    words = text(Say(say.id, {"study": notification.study.code}), language)
+    return " ".join(for_medium(words, "email").split())
 
 
 def _typed(name: str, value):
@@ -187,8 +239,8 @@ def _typed(name: str, value):
 @dataclass
 class SendReport:
     configured: bool = True
-    expanded: int = 0  # notifications turned into deliveries
-    queued: int = 0  # deliveries created to be sent
+    expanded: int = 0  # notifications turned into deliveries (for every channel)
+    queued: int = 0  # SMS deliveries created to be sent
     sent: int = 0  # Twilio took the message
     reconciled: int = 0  # of the sent: found at Twilio after a lost answer
     retrying: int = 0  # back in the queue after a failed attempt
@@ -203,6 +255,12 @@ class SendReport:
                          for field in fields(self) if field.name != "configured")
 
 
+def expand(db: Database, *, now: datetime, limit: int = DEFAULT_LIMIT) -> Expansion:
+    """Step 1 of either sender's pass: pending notifications into deliveries, for
+    every channel."""
+    return expand_pending(db, render_for, now=now, limit=limit)
+
+
 def send_pending(db: Database, settings_or_gateway: Settings | Gateway | None, *,
                  now: datetime | None = None, limit: int = DEFAULT_LIMIT) -> SendReport:
     """One pass of the sender (expand, reconcile, send what is due); see the
@@ -213,13 +271,14 @@ def send_pending(db: Database, settings_or_gateway: Settings | Gateway | None, *
         return SendReport(configured=False)
     now = _utc(now)
     report = SendReport()
-    expansion = expand_pending(db, render, now=now, limit=limit)
-    report.expanded, report.queued = expansion.notifications, expansion.queued
-    report.failed, report.opted_out = expansion.failed, expansion.opted_out
-    for claimed in stale_sending(db, now=now, older_than=RECONCILE_AFTER):
+    expansion = expand(db, now=now, limit=limit)
+    report.expanded, report.queued = expansion.notifications, expansion.count(QUEUED, SMS)
+    report.failed = expansion.count(FAILED, SMS)
+    report.opted_out = expansion.count(OPTED_OUT, SMS)
+    for claimed in stale_sending(db, now=now, older_than=RECONCILE_AFTER, channel=SMS):
         _reconcile(db, sender, claimed, now, report)
     for _ in range(limit):
-        claimed, opted_out = claim_next(db, now=now)
+        claimed, opted_out = claim_next(db, now=now, channel=SMS)
         report.opted_out += opted_out
         if claimed is None:
             break
@@ -362,7 +421,8 @@ def record_status(db: Database, form: dict[str, str], *, now: datetime | None = 
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    """One message of the outbox: a notification and one recipient (or none)."""
+    """One message of the outbox: a notification and one recipient on one channel
+    (or none)."""
 
     notification: Notification
     user_code: str | None
@@ -371,14 +431,19 @@ class OutboxEntry:
     text: str
     english: str | None  # the English text, when the recipient's differs
     status: str
+    channel: str = SMS
+    address: str | None = None  # the phone (SMS) or the e-mail address
+    subject: str | None = None  # e-mail only
 
 
 def outbox_entries(db: Database, study_id: int, *, include_sent: bool = False
                    ) -> list[OutboxEntry]:
-    """The study's outbound messages, oldest first: by default those waiting
-    (notifications not yet handed to the sender, with each recipient as the
-    audience resolves now, and deliveries queued or being sent); with
-    ``include_sent`` every notification and every delivery. Changes nothing."""
+    """The study's outbound messages, oldest first, one per recipient and channel:
+    by default those waiting (notifications not yet handed to a sender, with
+    each recipient as the audience resolves now, and deliveries queued or being
+    sent, such as the e-mails of a deployment without SMTP_URL whose SMS
+    sender expanded them); with ``include_sent`` every notification and every
+    delivery. Changes nothing."""
     with db.sessions() as session:
         query = select(Notification).where(Notification.study_id == study_id)
         deliveries = _deliveries_by_notification(session, study_id, include_sent)
@@ -388,18 +453,28 @@ def outbox_entries(db: Database, study_id: int, *, include_sent: bool = False
         entries = []
         for notification in session.scalars(query.order_by(Notification.id)):
             if notification.id in deliveries:
-                entries += [_entry(notification, user, delivery.body, delivery.status)
+                entries += [_entry(notification, user, delivery.channel,
+                                   Rendered(delivery.body, delivery.subject), delivery.status,
+                                   delivery.to_phone if delivery.channel == SMS
+                                   else delivery.to_email)
                             for delivery, user in deliveries[notification.id]]
                 continue
             status = notification.status
             # expanded without deliveries: the audience named nobody then
             users = ([] if status == EXPANDED
                      else audience_users(session, study_id, notification.audience))
-            if not include_sent:  # an opted-out user's message is not waiting: it never goes
-                users = [user for user in users if not user.opted_out]
-            entries += [_entry(notification, user, render(notification, user),
-                               OPTED_OUT if user.opted_out else status) for user in users]
-            if not users:
+            found = []
+            for user in users:
+                for channel in channels(user):
+                    opted_out = channel == SMS and user.opted_out
+                    if opted_out and not include_sent:
+                        continue  # an opted-out user's SMS is not waiting: it never goes
+                    found.append(_entry(notification, user, channel,
+                                        render_for(notification, user, channel),
+                                        OPTED_OUT if opted_out else status,
+                                        user.phone if channel == SMS else user.email))
+            entries += found
+            if not found:
                 entries.append(OutboxEntry(notification, None, None, None, "", None, status))
         return entries
 
@@ -416,11 +491,12 @@ def _deliveries_by_notification(session, study_id: int, include_sent: bool
     return found
 
 
-def _entry(notification: Notification, user: User, body: str, status: str) -> OutboxEntry:
+def _entry(notification: Notification, user: User, channel: str, rendered: Rendered,
+           status: str, address: str | None) -> OutboxEntry:
     english = None
     if user.language != SOURCE_LANGUAGE:
-        english = _text(notification, SOURCE_LANGUAGE)
-        if english == body:
+        english = _text(notification, SOURCE_LANGUAGE, channel)
+        if english == rendered.body:
             english = None
-    return OutboxEntry(notification, user.user_code, user.phone, user.language, body,
-                       english, status)
+    return OutboxEntry(notification, user.user_code, user.phone, user.language, rendered.body,
+                       english, status, channel, address, rendered.subject)

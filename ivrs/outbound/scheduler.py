@@ -18,11 +18,13 @@ each other skip.
 The clock of the schedule is the real UTC clock; the jobs themselves take
 today from ``core.clock`` (which honours ``IVRS_TODAY`` in UAT).
 
-The SMS sender (``ivrs.outbound.notify.send_pending``) runs beside it in a thread of
-the same process, every few seconds, when Twilio is configured. It needs no
-advisory lock: the sender's claim of a delivery is safe with any number of
-senders (row locks and a conditional update; see ``core.deliveries``), so two
-servers simply share the queue.
+The outbox's senders run beside it in a thread of the same process, every few
+seconds, when either channel is configured: each pass runs the SMS sender
+(``ivrs.outbound.notify.send_pending``, with Twilio configured) and then the
+e-mail sender (``ivrs.outbound.email.send_pending_email``, with ``SMTP_URL``).
+They need no advisory lock: a sender's claim of a delivery is safe with any
+number of senders (row locks and a conditional update; see
+``core.deliveries``), so two servers simply share the queue.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ from datetime import UTC, datetime, time, timedelta
 # this thread lives, and a fork while a thread holds an import lock can hang the child.
 from sqlalchemy import select, text
 
-from core.gates import expire_stale
 from core.clock import today
 from core.db import Database
+from core.gates import expire_stale
 from core.models import Study
 from core.supply.confirmation import run_confirmation_reminders
 from core.supply.expiry import run_expiry
 from core.supply.resupply import run_resupply
 from ivrs.config import Settings
+from ivrs.outbound.email import EmailReport, send_pending_email
 from ivrs.outbound.notify import SendReport, gateway, send_pending
 
 log = logging.getLogger("ivrs.scheduler")
@@ -58,7 +61,7 @@ SUPPLY_LOCK_CLASS = 730_102
 # How often the thread looks at the clock while waiting: a run starts at most
 # this late, and a wall-clock jump (NTP, a resumed VM) is noticed this soon.
 POLL_SECONDS = 30.0
-# How often the SMS sender looks for messages to send: a queued message goes
+# How often the senders look for messages to send: a queued message goes
 # out within this many seconds.
 SEND_EVERY_SECONDS = 5.0
 SENDER_MAX_WAIT_SECONDS = 60.0
@@ -253,17 +256,17 @@ class SupplyScheduler(_JobThread):
 
 
 class SenderLoop(_JobThread):
-    """A daemon thread that runs the SMS sender every ``every`` seconds."""
+    """A daemon thread that runs the senders (SMS, e-mail) every ``every`` seconds."""
 
-    name = "ivrs-sms-sender"
-    what = "SMS sender pass"
+    name = "ivrs-sender"
+    what = "sender pass"
 
     def __init__(self, job: Callable[[], object], *, every: float = SEND_EVERY_SECONDS):
         self.every = every
         super().__init__(job)
 
     def _loop(self) -> None:
-        log.info("outbound SMS: sending every %g s", self.every)
+        log.info("outbound messages: sending every %g s", self.every)
         failures_in_a_row = 0
         while not self._stop.is_set():
             failures_in_a_row = 0 if self._run_once() else failures_in_a_row + 1
@@ -273,30 +276,45 @@ class SenderLoop(_JobThread):
                                 max(self.every, SENDER_MAX_WAIT_SECONDS)))
 
 
-def send_once(settings: Settings) -> SendReport:
-    """One pass of the SMS sender on a database opened for it and closed after
-    (like ``run_supply``: the long-lived master holds no connection between passes)."""
+def send_once(settings: Settings) -> tuple[SendReport, EmailReport]:
+    """One pass of the SMS sender, then of the e-mail sender (each does nothing
+    when its channel is not configured), on a database opened for them and closed
+    after (like ``run_supply``: the long-lived master holds no connection between
+    passes). A failing SMS pass does not keep the e-mails back; the pass fails
+    all the same, so that the loop backs off."""
     db = Database(settings.database_url)
     try:
-        return send_pending(db, settings)
+        failure = None
+        try:
+            sms = send_pending(db, settings)
+        except Exception as error:  # noqa: BLE001 — re-raised once the e-mails had their pass
+            failure, sms = error, SendReport(configured=False)
+        email = send_pending_email(db, settings)
+        if failure is not None:
+            raise failure
+        return sms, email
     finally:
         db.dispose()
 
 
 def start_sender(database_url: str, *, every: float = SEND_EVERY_SECONDS) -> SenderLoop | None:
-    """The server's SMS sender, or None when Twilio is not configured (then the
-    messages wait in the outbox)."""
+    """The server's sender thread, or None when neither Twilio nor SMTP_URL is
+    configured (then the messages wait in the outbox)."""
     settings = replace(Settings.from_env(), database_url=database_url)
-    if gateway(settings) is None:
+    sms = gateway(settings) is not None
+    if not sms:
         log.info("outbound SMS off: TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and "
-                 "TWILIO_FROM_NUMBER are not all set; messages wait in `ivrs outbox`")
+                 "TWILIO_FROM_NUMBER are not all set; SMS wait in `ivrs outbox`")
+    if settings.smtp is None:
+        log.info("outbound e-mail off: SMTP_URL is not set; e-mails wait in `ivrs outbox`")
+    if not sms and settings.smtp is None:
         return None
     return SenderLoop(lambda: send_once(settings), every=every).start()
 
 
 def start_supply_schedule(database_url: str, at: time | None) -> SupplyScheduler | None:
-    """The server's background jobs: the SMS sender (when Twilio is configured)
-    and the daily supply schedule, which this returns (None when
+    """The server's background jobs: the senders (when Twilio or SMTP_URL is
+    configured) and the daily supply schedule, which this returns (None when
     ``IVRS_SUPPLY_AT`` is off)."""
     start_sender(database_url)
     if at is None:
