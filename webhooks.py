@@ -17,7 +17,7 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from core.fields import BadField, sid
 from core.security_events import security_event
 from ivrs.conversations import calls, texts
-from ivrs.render.twiml import apology, not_understood
+from ivrs.render.twiml import not_understood
 
 log = logging.getLogger("ivrs.webhooks")
 blueprint = Blueprint("webhooks", __name__)
@@ -94,7 +94,7 @@ def voice():
         twiml = calls.answer(runtime.db, runtime.store, call)
     except Exception:  # noqa: BLE001 — the caller hears an apology, we get the trace
         log.exception("call %s step %d failed", call.call_sid, call.step)
-        return Response(apology(), mimetype=TWIML)
+        return Response(calls.apology_for(runtime.store, call.call_sid), mimetype=TWIML)
     return Response(twiml, mimetype=TWIML)
 
 

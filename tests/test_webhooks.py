@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from twilio.request_validator import RequestValidator
 
-from core.models import Randomization
+from core.models import Randomization, User
+from dialogs.output import Say
+from ivrs.render.speech import text
 from helpers import table_counts
 from ivrs.conversations import calls
 from ivrs.app import create_app
@@ -164,6 +166,21 @@ def test_a_database_failure_is_an_apology_not_a_500(voice, monkeypatch):
     monkeypatch.setattr("dialogs.voice.enrolment.screen_subject", down)
     heard = phone.press("1")
     assert heard.status == 200 and heard.hangup and says(heard, "sorry")
+
+
+def test_the_apology_is_in_the_callers_language_when_the_session_knows_it(voice, monkeypatch):
+    with voice.db.sessions() as session, session.begin():
+        session.execute(update(User).where(User.user_code == "5001").values(language="fr"))
+    phone = voice.signed_in()
+    phone.press("1")
+
+    def down(*args, **kwargs):
+        raise OperationalError("INSERT ...", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr("dialogs.voice.enrolment.screen_subject", down)
+    heard = phone.press("1")
+    assert heard.status == 200 and heard.hangup
+    assert heard.says == [("fr-FR", text(Say("apology"), "fr"))]
 
 
 def test_missing_call_sid_or_bad_step_is_answered_in_twiml(voice):

@@ -22,7 +22,7 @@ from core.studies import study_for_number
 from dialogs.output import Say, Turn
 from dialogs.voice import CallContext, first_state, run
 from ivrs.conversations.sessions import CALL_TTL, SessionStore
-from ivrs.render.twiml import not_understood, voice_response
+from ivrs.render.twiml import apology, not_understood, voice_response
 
 log = logging.getLogger("ivrs.calls")
 
@@ -140,3 +140,15 @@ def end(store: SessionStore, call_sid: str) -> None:
     session.pop("slots", None)
     session["ended"] = True
     store.save(key, session, CALL_TTL)
+
+
+def apology_for(store: SessionStore, call_sid: str) -> str:
+    """The apology for a step that failed on our side, in the caller's language
+    when the call's session can still be read (PostgreSQL down, Redis up), else
+    in English (SPEC §9)."""
+    try:
+        session = store.load(session_key(call_sid)) or {}
+    except Exception:  # noqa: BLE001 — the store may be what failed
+        session = {}
+    language = session.get("language")
+    return apology(language) if isinstance(language, str) else apology()
