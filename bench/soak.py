@@ -47,8 +47,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 
-from bench_randomize import update_benchmarks  # noqa: E402 — after the path is set
-from e2e import (  # noqa: E402
+from bench_randomize import update_benchmarks  # (imports below need the path above)
+from e2e import (
     DAY_1,
     PIN,
     TOKEN,
@@ -63,16 +63,16 @@ from e2e import (  # noqa: E402
     stock_sites,
     wait_for_health,
 )
-from fake_twilio import ACCOUNT_SID, FROM_NUMBER, FakeTwilio  # noqa: E402
-from faults import Interrupted, Tally, TwilioLikeTransport, caller_through_faults  # noqa: E402
-from own_servers import OwnPostgres, OwnRedis, postgres_bin  # noqa: E402
-from sqlalchemy import select, text  # noqa: E402
+from fake_twilio import ACCOUNT_SID, FROM_NUMBER, FakeTwilio
+from faults import Interrupted, Tally, TwilioLikeTransport, caller_through_faults
+from own_servers import OwnPostgres, OwnRedis, postgres_bin
+from sqlalchemy import select, text
 
-from core.audit import verify  # noqa: E402
-from core.db import Database  # noqa: E402
-from core.migrate import upgrade  # noqa: E402
-from core.models import Study  # noqa: E402
-from ivrs.demo.texter import Texter  # noqa: E402
+from core.audit import verify
+from core.db import Database
+from core.migrate import upgrade
+from core.models import Study
+from ivrs.demo.texter import Texter
 
 SECTION = "Soak"
 USERS = 6
@@ -330,23 +330,31 @@ def rss_mb(pid: int) -> float | None:
 # --- report --------------------------------------------------------------------------------
 
 
-def growth(samples: list[Sample], warm_up: float) -> tuple[float, float, int]:
-    """(largest RSS growth of a process alive from the warm-up to the end, MB;
-    its RSS at the end; how many processes lived that long)."""
-    warm = next((s for s in samples if s.at >= warm_up), samples[0])
-    last = samples[-1]
-    lived = [pid for pid in warm.rss_mb if pid in last.rss_mb]
-    if not lived:
-        return 0.0, 0.0, 0
-    pid = max(lived, key=lambda p: last.rss_mb[p] - warm.rss_mb[p])
-    return last.rss_mb[pid] - warm.rss_mb[pid], last.rss_mb[pid], len(lived)
+def growth(samples: list[Sample], warm_up: float) -> tuple[float, float, float, int]:
+    """The largest RSS growth of one server process over its life once warmed up
+    (``warm_up`` seconds after it was first seen): (MB, over how many seconds,
+    its RSS at the end, MB; how many processes were measured that way)."""
+    series: dict[int, list[tuple[float, float]]] = {}
+    for sample in samples:
+        for pid, mb in sample.rss_mb.items():
+            series.setdefault(pid, []).append((sample.at, mb))
+    measured = []
+    for points in series.values():
+        born = points[0][0]
+        warm = [(at, mb) for at, mb in points if at >= born + warm_up]
+        if len(warm) >= 2:
+            measured.append((warm[-1][1] - warm[0][1], warm[-1][0] - warm[0][0], warm[-1][1]))
+    if not measured:
+        return 0.0, 0.0, 0.0, 0
+    grown, seconds, final = max(measured)
+    return grown, seconds, final, len(measured)
 
 
 def markdown(soak: Soak, problems: list[str], command: str) -> list[str]:
-    args, tally, samples = soak.args, soak.tally, soak.samples
+    tally, samples = soak.tally, soak.samples
     seconds = samples[-1].at
     answers = sum(tally.statuses.values())
-    grown, final, lived = growth(samples, warm_up=min(60.0, seconds / 4))
+    grown, over, final, measured = growth(samples, warm_up=min(60.0, seconds / 8))
     connections = [s.pg_connections for s in samples if s.pg_connections >= 0]
     clients = [s.redis_clients for s in samples if s.redis_clients >= 0]
     recoveries = [f"{name} at {at:.0f} s (back in {recovery:.2f} s)"
@@ -356,29 +364,29 @@ def markdown(soak: Soak, problems: list[str], command: str) -> list[str]:
         f"- Command: `{command}`",
         f"- Machine: nproc {os.cpu_count()}; PostgreSQL binaries {postgres_bin()}",
         "",
-        f"{USERS} site users for {seconds / 60:.1f} minutes against `ivrs serve` (4 workers x 4 "
-        "threads), PostgreSQL and Redis of its own, outbound SMS to a fake Twilio.",
+        (f"{USERS} site users for {seconds / 60:.1f} minutes against `ivrs serve` (4 workers "
+         "x 4 threads), PostgreSQL and Redis of its own, outbound SMS to a fake Twilio."),
         "",
         "| measure | value |",
         "|---|---|",
-        f"| webhook answers | {answers} ({answers / seconds:.1f}/s): "
-        f"{dict(sorted(tally.statuses.items()))} |",
+        (f"| webhook answers | {answers} ({answers / seconds:.1f}/s): "
+         f"{dict(sorted(tally.statuses.items()))} |"),
         f"| subjects randomized by phone | {len(soak.calls)} |",
-        f"| SMS received (commands and PINs) | {soak.sms['sent']} |",
+        f"| SMS texted to the server (commands and PINs) | {soak.sms['sent']} |",
         f"| connection errors retried | {dict(tally.errors) or 0} |",
-        f"| apologies (voice / SMS), all during faults | {tally.apologies} / "
-        f"{soak.sms['apologies']} |",
+        (f"| apologies (voice / SMS), all during faults | {tally.apologies} / "
+         f"{soak.sms['apologies']} |"),
         f"| requests sent twice on purpose | {tally.duplicates} |",
         f"| faults | {len(soak.faults)}: " + "; ".join(recoveries) + " |",
-        f"| largest RSS growth of a server process alive the whole run after warm-up | "
-        f"{grown:+.1f} MB (to {final:.1f} MB; {lived} processes lived that long) |",
-        f"| PostgreSQL connections of the run's database | median "
-        f"{statistics.median(connections) if connections else 0:.0f}, "
-        f"max {max(connections, default=0)} |",
-        f"| Redis clients | median {statistics.median(clients) if clients else 0:.0f}, "
-        f"max {max(clients, default=0)} |",
-        f"| exactly-once, audit chain, statuses | "
-        f"{'held' if not problems else 'FAILED: ' + '; '.join(p[:200] for p in problems)} |",
+        (f"| largest RSS growth of one server process once warmed up | {grown:+.1f} MB over "
+         f"{over / 60:.1f} min (to {final:.0f} MB; {measured} processes measured) |"),
+        (f"| PostgreSQL connections of the run's database | median "
+         f"{statistics.median(connections) if connections else 0:.0f}, "
+         f"max {max(connections, default=0)} |"),
+        (f"| Redis clients | median {statistics.median(clients) if clients else 0:.0f}, "
+         f"max {max(clients, default=0)} |"),
+        (f"| exactly-once, audit chain, statuses | "
+         f"{'held' if not problems else 'FAILED: ' + '; '.join(p[:200] for p in problems)} |"),
         "",
         "RSS of the server's processes over the run (MB, master first):",
         "",
