@@ -62,3 +62,14 @@ def _next_step(phone) -> int:
     path = phone._last_request[0]
     query = urllib.parse.urlsplit(path).query
     return int(urllib.parse.parse_qs(query).get("step", ["0"])[0]) + 1
+
+
+def test_a_texter_deactivated_mid_session_is_stopped_at_the_next_message(voice):
+    texter = voice.texter()
+    texter.send("STOCK")
+    texter.send("2468")  # signed in by the PIN
+    with voice.db.transaction() as session:
+        session.execute(update(User).where(User.user_code == "5001").values(active=False))
+    reply = texter.send("STOCK")
+    # The phone belongs to no active user any more: the one generic reply, no stock.
+    assert "registered" in reply.text.lower() and "stock" not in reply.text.lower(), reply.text
