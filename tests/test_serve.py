@@ -173,7 +173,7 @@ def test_when_ready_starts_the_jobs_in_a_process_of_their_own(database_env):
     threads = threading.active_count()
     options["when_ready"](master)
     try:
-        assert master.jobs.process.is_alive() and master.jobs.process.pid != os.getpid()
+        assert not master.jobs.exited() and master.jobs.process.pid != os.getpid()
         # No thread in the master: its forks of workers copy no held lock.
         assert threading.active_count() == threads
     finally:
@@ -193,7 +193,7 @@ def test_a_jobs_process_that_died_is_started_again(database_env, monkeypatch):
         while not process.exited() and clock.monotonic() < deadline:
             clock.sleep(0.05)
         process.keep_alive()
-        assert process.process.pid != first and process.process.is_alive()
+        assert process.process.pid != first and not process.exited()
     finally:
         process.stop()
 

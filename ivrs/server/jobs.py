@@ -9,8 +9,9 @@ forked left the new worker waiting for that module's import lock for ever: one
 boot in five hung this way in tests/test_faults_pg.py once outbound SMS were
 configured. The master now runs no thread of ours, and its forks are safe.
 
-The jobs process is started fresh (``spawn``: a new interpreter, nothing
-inherited) once gunicorn is listening; the master looks at it on every turn of
+The jobs process is a new interpreter (``python -m ivrs.server.jobs``: nothing
+inherited but the environment, and not multiprocessing, whose bookkeeping the
+forked workers would inherit and trip over at exit) once gunicorn is listening; the master looks at it on every turn of
 its loop and starts it again, at most every ``RESTART_AFTER_SECONDS``, if it
 died; it is stopped with the server. The process itself ends when its parent
 is gone, so a master killed outright leaves no sender behind. Both jobs are
@@ -20,13 +21,14 @@ advisory lock), so a restart overlapping a dying copy does no harm.
 
 from __future__ import annotations
 
+import argparse
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time as clock
 from datetime import time
-from multiprocessing.connection import wait
 
 log = logging.getLogger("ivrs.jobs")
 
@@ -39,9 +41,7 @@ def run_jobs(database_url: str, supply_at: time | None, parent_pid: int) -> None
     """The jobs process's body: start the jobs' threads, then live as long as
     the server that started it."""
     from ivrs.outbound.scheduler import start_supply_schedule
-    from ivrs.server.serve import configure_logging
 
-    configure_logging()
     signal.signal(signal.SIGTERM, _exit_now)
     start_supply_schedule(database_url, supply_at)
     while os.getppid() == parent_pid:
@@ -61,23 +61,24 @@ class JobsProcess:
 
     def __init__(self, database_url: str, supply_at: time | None) -> None:
         self.database_url, self.supply_at = database_url, supply_at
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.process: subprocess.Popen | None = None
         self.started_at = 0.0
 
     def start(self) -> JobsProcess:
-        context = multiprocessing.get_context("spawn")
-        self.process = context.Process(target=run_jobs, name="ivrs-jobs", daemon=False,
-                                       args=(self.database_url, self.supply_at, os.getpid()))
-        self.process.start()
+        # The settings travel in the environment, as the server's own do: a
+        # database URL may hold a password, which a command line would show.
+        env = {**os.environ, "DATABASE_URL": self.database_url,
+               "IVRS_SUPPLY_AT": self.supply_at.strftime("%H:%M") if self.supply_at else "off"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ivrs.server.jobs", "--parent", str(os.getpid())], env=env)
         self.started_at = clock.monotonic()
         log.info("background jobs: process %d", self.process.pid)
         return self
 
     def exited(self) -> bool:
-        """Has the process ended? Its sentinel tells, even after gunicorn's
-        master has reaped it as an unknown child (``waitpid(-1)``), which leaves
-        multiprocessing unable to read its exit status."""
-        return self.process is not None and bool(wait([self.process.sentinel], timeout=0))
+        """Has the process ended? (Also after gunicorn's master has reaped it as
+        an unknown child: ``poll`` then finds no child and says it ended.)"""
+        return self.process is not None and self.process.poll() is not None
 
     def keep_alive(self) -> None:
         """Start the process again if it died (not more often than every
@@ -86,12 +87,32 @@ class JobsProcess:
         if not self.exited() or clock.monotonic() - self.started_at < RESTART_AFTER_SECONDS:
             return
         log.error("background jobs: process %d ended; starting it again", self.process.pid)
-        self.start()  # (not close(): after gunicorn's reaping it would think it still runs)
+        self.start()
 
     def stop(self) -> None:
         if self.process is None or self.exited():
             return
         self.process.terminate()
-        if not wait([self.process.sentinel], timeout=STOP_TIMEOUT_SECONDS):
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            wait([self.process.sentinel], timeout=STOP_TIMEOUT_SECONDS)
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ivrs.server.jobs --parent PID``, as ``JobsProcess`` starts it."""
+    from ivrs.config import Settings
+    from ivrs.outbound.scheduler import parse_supply_at
+    from ivrs.server.serve import configure_logging
+
+    parser = argparse.ArgumentParser(description="ivrs serve's background jobs")
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    configure_logging()
+    run_jobs(Settings.from_env().database_url, parse_supply_at(os.environ["IVRS_SUPPLY_AT"]),
+             args.parent)
+
+
+if __name__ == "__main__":
+    main()
