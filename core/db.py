@@ -31,6 +31,9 @@ def database_url(url: str | None = None) -> str:
 
 def make_engine(url: str | None = None, **kwargs) -> Engine:
     url = database_url(url)
+    # A failed statement's exception would otherwise carry its bound values into
+    # the log's traceback: an audit row's arm, a PIN hash. Blinding holds in logs too.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)

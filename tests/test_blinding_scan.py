@@ -111,3 +111,19 @@ def test_the_scan_finds_an_arm_where_there_is_one():
     assert leaks("randomized subject 1010001 (arm=A)", words, codes)
     assert leaks("A kit for subject 1010001. Press 1.", words, codes) == []
     assert leaks("Paris: a subject who is not eligible", words, codes) == []
+
+
+def test_a_failed_statement_keeps_its_values_out_of_the_error(db):
+    """A failing statement's exception, which a log's traceback prints, names no
+    bound value: an arm being written to an audit row, say."""
+    from sqlalchemy import text as sql
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(sql("SELECT * FROM no_such_table WHERE arm = :arm"),
+                               {"arm": "Drug X 10 mg"})
+    except DBAPIError as error:
+        assert "Drug X" not in str(error) and "hidden" in str(error), str(error)
+    else:
+        raise AssertionError("the statement should have failed")

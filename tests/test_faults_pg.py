@@ -321,7 +321,8 @@ def test_sigterm_lets_the_request_in_flight_finish(trial):
             signing_in = threading.Thread(target=lambda: answers.append(
                 call.phone.press(PIN + "#")))
             signing_in.start()
-            wait_for_lock_waiter(trial.db)  # the request is in a worker, inside its transaction
+            # the request is in a worker, inside its transaction
+            wait_for_lock_waiter(trial.db, answers)
             os.kill(server.process.pid, signal.SIGTERM)
             time.sleep(1.0)
             assert server.process.poll() is None, "the server did not wait for its request"
@@ -335,7 +336,7 @@ def test_sigterm_lets_the_request_in_flight_finish(trial):
     assert heard.status == 200 and "press 1" in heard.text, heard.text  # signed in: the menu
 
 
-def wait_for_lock_waiter(db, timeout: float = 10) -> None:
+def wait_for_lock_waiter(db, answers: list, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     with db.engine.connect() as connection:
         while time.monotonic() < deadline:
@@ -344,4 +345,4 @@ def wait_for_lock_waiter(db, timeout: float = 10) -> None:
             if waiting:
                 return
             time.sleep(0.05)
-    pytest.fail("the sign-in never waited for the row lock")
+    pytest.fail(f"the sign-in never waited for the row lock; answered {answers}")
