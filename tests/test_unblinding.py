@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import date, timedelta
 
 from click.testing import CliRunner
@@ -23,6 +24,7 @@ from core.study_loader import load_study
 from core.subjects import screen_subject
 from core.models import Notification
 from core.users import add_user
+from ivrs.conversations import calls
 
 STUDY = "DEMO-301"
 MANAGER = "+447700900456"  # user 6050, project manager, PIN 3579
@@ -116,6 +118,11 @@ def test_investigator_unblinds_by_phone_and_hears_the_arm(voice):
     heard = phone.press("1")
     assert says(heard, f"Subject {spaced(subject)} receives: {arm}."), heard.text
     assert "This unblinding is recorded as number 8 0 0 0 0 1" in heard.text
+    # The session store keeps no arm, not even in the answer kept for Twilio's retry:
+    # the retry hears the rest of it.
+    assert arm not in json.dumps(voice.store.load(calls.session_key(phone.call_sid)))
+    replay = phone.repeat_last_request()
+    assert arm not in replay.text and "recorded as number 8 0 0 0 0 1" in replay.text
 
     (row,) = unblinding_rows(voice.db)
     assert (row.number, row.mode, row.reason, row.status, row.requested_by, row.revealed_to) == (

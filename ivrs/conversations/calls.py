@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import fields
+from core.audit import UNBLINDED_KEYS
 from core.db import Database
 from core.login import language_for_phone, may_continue
 from core.security_events import security_event
@@ -104,7 +105,7 @@ def answer(db: Database, store: SessionStore, request: VoiceRequest) -> str:
         return _hang_up(store, key, session, turn)
     session["step"] += 1
     twiml = voice_response(turn, session["language"], f"voice?step={session['step']}")
-    session["last_twiml"] = twiml
+    session["last_twiml"] = _replayable(turn, twiml, session)
     store.save(key, session, CALL_TTL)
     return twiml
 
@@ -114,10 +115,24 @@ def _hang_up(store: SessionStore, key: str, session: dict[str, Any], turn: Turn)
     session marked ended, so that no later request continues it."""
     session["step"] += 1
     twiml = voice_response(turn, session["language"], f"voice?step={session['step']}")
-    session.update(last_twiml=twiml, ended=True)
+    session.update(last_twiml=_replayable(turn, twiml, session), ended=True)
     session.pop("user", None)  # nothing of the sign-in outlives the call
     store.save(key, session, CALL_TTL)
     return twiml
+
+
+def _replayable(turn: Turn, twiml: str, session: dict[str, Any]) -> str:
+    """What the session keeps to answer Twilio's retry of this step: the answer
+    itself, unless it says an arm (emergency unblinding). Then the same answer
+    without those words: the session store is not unblinded data, and an arm
+    kept there would wait for hours after the call. A caller whose answer was
+    lost hears the rest again (done, the unblinding's number and confirmation)
+    and can call for the unblinding again."""
+    kept = tuple(say for say in turn.says if not UNBLINDED_KEYS & set(say.params))
+    if len(kept) == len(turn.says):
+        return twiml
+    return voice_response(Turn(kept, turn.gather, turn.hangup), session["language"],
+                          f"voice?step={session['step']}")
 
 
 def _new_session(db: Database, request: VoiceRequest) -> dict[str, Any]:
