@@ -106,6 +106,13 @@ def test_bad_supply_at_stops_serve(no_server, database_env, monkeypatch):
     assert result.exit_code == 2 and "IVRS_SUPPLY_AT='2am'" in result.stderr
 
 
+def test_an_unknown_environment_is_refused(no_server, database_env, monkeypatch):
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token")
+    monkeypatch.setenv("IVRS_ENV", "prod")
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 2 and "IVRS_ENV='prod'" in result.stderr, result.output
+
+
 def test_production_without_pin_pepper_is_refused(no_server, database_env, monkeypatch):
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token")
     monkeypatch.setenv("IVRS_ENV", "production")

@@ -37,6 +37,7 @@ MAX_DEFAULT_WORKERS = 8
 # and the in-process session store is locked. Each thread
 # uses its own pooled database connection (pool of 10 per worker, above 4).
 WORKER_CLASS = "gthread"
+ENVIRONMENTS = ("production", "uat")
 THREADS_PER_WORKER = 4
 
 
@@ -64,6 +65,10 @@ def check_workers(requested: int | None, redis_url: str | None) -> int:
 
 def check_production_settings(settings) -> None:
     """What a production server refuses to start without (``--dev`` skips these)."""
+    if settings.environment not in ENVIRONMENTS:
+        # A typo ("prod") would otherwise run as UAT: IVRS_TODAY honoured, no pepper.
+        raise ServeRefused(f"IVRS_ENV={settings.environment!r} is neither 'production' nor "
+                           "'uat'.")
     if not settings.twilio_auth_token:
         raise ServeRefused(
             "TWILIO_AUTH_TOKEN is not set: every webhook request is checked against its "
