@@ -149,8 +149,9 @@ def _database_answers(db) -> bool:
         with db.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         return True
-    except Exception:  # noqa: BLE001
-        log.exception("health check: the database does not answer")
+    except Exception as error:  # noqa: BLE001
+        # One line, not a traceback: a load balancer asks every second or so.
+        log.warning("health check: the database does not answer (%s)", type(error).__name__)
         return False
 
 
