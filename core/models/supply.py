@@ -172,9 +172,10 @@ class ReturnKit(Base):
 class Notification(Base):
     """The outbox: messages for people, written in the transaction that caused them.
 
-    With Twilio configured the sender expands them into ``Delivery`` rows
-    (``pending`` -> ``expanded``) and sends those; without credentials they stay
-    here (``ivrs outbox``). ``key`` makes each notification happen once.
+    With Twilio or SMTP_URL configured a sender expands them into ``Delivery``
+    rows, one per recipient and channel (``pending`` -> ``expanded``), and sends
+    those of its channel; with neither they stay here (``ivrs outbox``). ``key``
+    makes each notification happen once.
     """
 
     __tablename__ = "notifications"

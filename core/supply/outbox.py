@@ -4,10 +4,11 @@ A notification is a row (``Notification``) with a kind, an audience
 (``role:depot_manager``, ``site:101``, ``user:5001``), a prompt id and its
 parameters. It is written in the same transaction as the change it reports, so
 a rolled-back change never notifies anyone and a committed one always does.
-With Twilio configured the sender (``ivrs.outbound.notify``) expands each pending row
-into one delivery per recipient (``core.deliveries``; the row becomes
-``expanded``) and sends those; without credentials the rows stay ``pending``
-here and ``ivrs outbox`` lists them with the text each recipient would get.
+With Twilio or SMTP_URL configured a sender (``ivrs.outbound.notify``,
+``ivrs.outbound.email``) expands each pending row into one delivery per
+recipient and channel (``core.deliveries``; the row becomes ``expanded``) and
+sends those of its channel; with neither the rows stay ``pending`` here and
+``ivrs outbox`` lists them with the text each recipient would get.
 
 Each notification has a ``key``: writing the same key twice is a no-op, which
 is how jobs that run every day (expiry warnings, depot shortages) notify once.
