@@ -31,12 +31,13 @@ def serve(host: str, port: int, workers: int | None, dev: bool) -> None:
     from ivrs.config import Settings
     from ivrs.outbound.scheduler import ScheduleError, parse_supply_at
     from ivrs.server import serve as server
+    from ivrs.server.logs import configure_logging
 
     try:
         supply_at = parse_supply_at(os.environ.get("IVRS_SUPPLY_AT"))
     except ScheduleError as error:
         _refuse(str(error))
-    server.configure_logging()
+    configure_logging()
     if dev:
         if workers not in (None, 1):
             click.echo(f"warning: --workers {workers} is ignored with --dev (one process)",

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m ivrs.server.jobs --parent PID``, as ``JobsProcess`` starts it."""
     from ivrs.config import Settings
     from ivrs.outbound.scheduler import parse_supply_at
-    from ivrs.server.serve import configure_logging
+    from ivrs.server.logs import configure_logging
 
     parser = argparse.ArgumentParser(description="ivrs serve's background jobs")
     parser.add_argument("--parent", type=int, required=True)

@@ -197,8 +197,3 @@ def run_dev_server(host: str, port: int, supply_at: time | None) -> None:
     # No reloader: it would run this process twice, and the schedule with it.
     app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
 
-
-def configure_logging() -> None:
-    """The server's own log lines go to stderr, like gunicorn's."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
