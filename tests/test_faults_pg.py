@@ -225,50 +225,39 @@ def test_a_worker_killed_mid_request_loses_and_doubles_nothing(trial):
     trial.report("6 workers killed", workers_alive=replaced)
 
 
-def test_redis_killed_and_restarted(trial):
+def outage_under_load(trial, what: str, stop: Callable[[], None], start: Callable[[], float],
+                      down_seconds: float) -> None:
+    """A dependency stopped while the callers work, started ``down_seconds``
+    later: ``/healthz`` must say 503 meanwhile and 200 again soon after, the
+    callers hear apologies (not a hang, not a 500), the SMS still go out."""
     server = trial.serve()
     timings: dict[str, float] = {}
 
-    def kill_and_restart_redis() -> None:
-        trial.redis.kill()
+    def outage() -> None:
+        stop()
         timings["to_503"] = wait_for_health(server.url, 503, timeout=10)
-        time.sleep(3)
-        trial.redis.start()
+        time.sleep(down_seconds)
+        start()
         timings["recovery"] = wait_for_health(server.url, 200, timeout=30)
 
     try:
-        calls = trial.calls_with(server.url, kill_and_restart_redis)
-        trial.wait_for_sms()
+        calls = trial.calls_with(server.url, outage)
+        trial.wait_for_sms()  # the outbox sender lived through the outage
     finally:
         kill_server(server)
     trial.check(calls)
     assert trial.tally.apologies > 0  # callers were told, not left hanging
-    trial.report("Redis killed for 3 s", healthz_503_after_s=round(timings["to_503"], 2),
+    trial.report(f"{what} down {down_seconds} s", healthz_503_after_s=round(timings["to_503"], 2),
                  recovered_after_s=round(timings["recovery"], 2))
+
+
+def test_redis_killed_and_restarted(trial):
+    outage_under_load(trial, "Redis", trial.redis.kill, trial.redis.start, down_seconds=3)
 
 
 def test_postgres_crashed_and_down_for_ten_seconds(trial):
-    server = trial.serve()
-    timings: dict[str, float] = {}
-
-    def crash_postgres() -> None:
-        trial.postgres.crash()
-        timings["to_503"] = wait_for_health(server.url, 503, timeout=10)
-        time.sleep(POSTGRES_DOWN_SECONDS)
-        trial.postgres.start()
-        timings["recovery"] = wait_for_health(server.url, 200, timeout=30)
-
-    try:
-        calls = trial.calls_with(server.url, crash_postgres)
-        # The outbox sender lived through the outage: what was queued goes out.
-        trial.wait_for_sms()
-    finally:
-        kill_server(server)
-    trial.check(calls)
-    assert trial.tally.apologies > 0
-    trial.report(f"PostgreSQL down {POSTGRES_DOWN_SECONDS} s",
-                 healthz_503_after_s=round(timings["to_503"], 2),
-                 recovered_after_s=round(timings["recovery"], 2))
+    outage_under_load(trial, "PostgreSQL", trial.postgres.crash, trial.postgres.start,
+                      down_seconds=POSTGRES_DOWN_SECONDS)
 
 
 def test_sigterm_under_load_loses_and_doubles_nothing(trial):

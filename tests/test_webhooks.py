@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import secrets
 
+from helpers import table_counts
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from twilio.request_validator import RequestValidator
+from voice import PARIS, TOKEN, says
 
 from core.models import Randomization, User
 from dialogs.output import Say
-from ivrs.render.speech import text
-from helpers import table_counts
-from ivrs.conversations import calls
 from ivrs.app import create_app
 from ivrs.config import Settings
-from ivrs.demo.phone import AppTransport, Phone, parse_twiml
+from ivrs.conversations import calls
 from ivrs.conversations.sessions import MemorySessionStore, SessionStoreError
-from voice import PARIS, TOKEN, says
+from ivrs.demo.phone import AppTransport, Phone, parse_twiml
+from ivrs.render.speech import text
+
 
 def call_form() -> dict[str, str]:
     """A new call's fields (a fresh CallSid: sessions may outlive a test in Redis)."""
@@ -156,7 +157,9 @@ def test_a_session_store_failure_is_an_apology_not_a_500(voice):
     assert app.test_client().get("/healthz").status_code == 503
 
 
-def test_a_database_failure_is_an_apology_not_a_500(voice, monkeypatch):
+def screening_fails_with_the_database(voice, monkeypatch):
+    """A signed-in phone whose next key (confirming a screening) meets a database
+    that dropped the connection; returns what that key heard."""
     phone = voice.signed_in()
     phone.press("1")
 
@@ -164,21 +167,18 @@ def test_a_database_failure_is_an_apology_not_a_500(voice, monkeypatch):
         raise OperationalError("INSERT ...", {}, Exception("server closed the connection"))
 
     monkeypatch.setattr("dialogs.voice.enrolment.screen_subject", down)
-    heard = phone.press("1")
+    return phone.press("1")
+
+
+def test_a_database_failure_is_an_apology_not_a_500(voice, monkeypatch):
+    heard = screening_fails_with_the_database(voice, monkeypatch)
     assert heard.status == 200 and heard.hangup and says(heard, "sorry")
 
 
 def test_the_apology_is_in_the_callers_language_when_the_session_knows_it(voice, monkeypatch):
     with voice.db.sessions() as session, session.begin():
         session.execute(update(User).where(User.user_code == "5001").values(language="fr"))
-    phone = voice.signed_in()
-    phone.press("1")
-
-    def down(*args, **kwargs):
-        raise OperationalError("INSERT ...", {}, Exception("server closed the connection"))
-
-    monkeypatch.setattr("dialogs.voice.enrolment.screen_subject", down)
-    heard = phone.press("1")
+    heard = screening_fails_with_the_database(voice, monkeypatch)
     assert heard.status == 200 and heard.hangup
     assert heard.says == [("fr-FR", text(Say("apology"), "fr"))]
 
