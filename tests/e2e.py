@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -279,12 +280,13 @@ def screen_and_randomize(call: Call, index: int) -> None:
         call.heard["screen_confirmation"], = spoken(r"Confirmation number {n}\.", heard.text)
     expect(phone.press("2"), "subject number")
     subject = call.heard["subject"]
-    heard = phone.press(subject + "#")
+    phone.press(subject + "#")  # read back
+    heard = phone.press("1")  # correct
     if "already randomized" in heard.text:
         # Randomized in an earlier call whose answer the caller never heard.
         call.heard["randomization"] = None
         return
-    expect(phone.press("1"), "18 or older")
+    expect(heard, "18 or older")
     phone.press("1")
     phone.press("1")
     expect(phone.press("1"), "Sex")
@@ -318,7 +320,8 @@ def all_together(calls: list, action, timeout: float = 120) -> None:
             barrier.wait(timeout=30)
             action(call, index)
         except BaseException as error:  # noqa: BLE001 — reported below, with the caller
-            errors.append(AssertionError(f"caller {call.user.code}: {error!r}"))
+            errors.append(AssertionError(f"caller {index}: {error!r}\n"
+                                         f"{traceback.format_exc()}"))
 
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
     for thread in threads:

@@ -331,6 +331,7 @@ def wait_for_lock_waiter(db, answers: list, timeout: float = 30) -> None:
         while time.monotonic() < deadline:
             waiting = connection.execute(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")).scalar()
+            connection.rollback()  # pg_stat_activity is read once per transaction
             if waiting:
                 return
             time.sleep(0.05)
