@@ -150,15 +150,22 @@ def server_env(database_url: str, today: date, **overrides: str) -> dict[str, st
 
 
 def start_server(database_url: str, today: date, log_dir: Path, *, port: int | None = None,
-                 workers: int = WORKERS, **env: str) -> Server:
-    """``ivrs serve`` in its own process group (see ``ivrs_serve``), healthy."""
+                 workers: int = WORKERS, netns: str | None = None, address: str = "127.0.0.1",
+                 **env: str) -> Server:
+    """``ivrs serve`` in its own process group (see ``ivrs_serve``), healthy.
+
+    On 127.0.0.1, or in the network namespace ``netns`` on all of its addresses
+    (``ip netns exec`` becomes the server, so the group is still the server's),
+    reached from here at ``address``."""
     port = port or free_port()
-    log_path = log_dir / f"serve-{port}-{time.monotonic_ns()}.log"
+    command = serve_command(port, workers)
+    if netns is not None:
+        command = ["ip", "netns", "exec", netns, *serve_command(port, workers, "0.0.0.0")]
+    log_path = log_dir / f"serve-{netns + '-' if netns else ''}{port}-{time.monotonic_ns()}.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen(serve_command(port, workers),
-                                   env=server_env(database_url, today, **env),
+        process = subprocess.Popen(command, env=server_env(database_url, today, **env),
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    server = Server(process, f"http://{address}:{port}", log_path)
     try:
         wait_until_healthy(server)
     except BaseException:
@@ -320,7 +327,8 @@ def all_together(calls: list, action, timeout: float = 120) -> None:
             barrier.wait(timeout=30)
             action(call, index)
         except BaseException as error:  # noqa: BLE001 — reported below, with the caller
-            errors.append(AssertionError(f"caller {index}: {error!r}\n"
+            who = getattr(call, "user", call)  # a Call, or the SiteUser it is for
+            errors.append(AssertionError(f"caller {who.code}: {error!r}\n"
                                          f"{traceback.format_exc()}"))
 
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]

@@ -17,9 +17,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from e2e import Call, RecordingTransport, SiteUser, screen_and_randomize
+from click.testing import CliRunner
+from e2e import (
+    Call,
+    RecordingTransport,
+    SiteUser,
+    assert_given_once,
+    assert_heard_is_stored,
+    read_outcome,
+    screen_and_randomize,
+)
 
 from ivrs.demo.phone import parse_twiml
+from ivrs.main import main
 
 RETRY_FOR_SECONDS = 30.0  # longer than any fault a test injects
 CALL_AGAIN_AFTER = 0.3
@@ -69,6 +79,10 @@ class Tally:
     def duplicate(self) -> None:
         with self._lock:
             self.duplicates += 1
+
+    def summary(self) -> str:
+        return (f"answers {dict(self.statuses)}, connection errors {dict(self.errors)}, "
+                f"apologies {self.apologies}, duplicates sent {self.duplicates}")
 
 
 class TwilioLikeTransport(RecordingTransport):
@@ -140,3 +154,18 @@ def caller_through_faults(transport: TwilioLikeTransport, user: SiteUser, index:
             if time.monotonic() > deadline:
                 raise AssertionError(f"caller {user.code} never got through; heard {heard}")
             time.sleep(CALL_AGAIN_AFTER)
+
+
+def assert_exactly_once(db, database_url: str, calls: list[Call], tally: Tally) -> None:
+    """What the database holds is exactly what the callers heard, nothing twice;
+    every caller's subject is randomized; every answer was a 200 (a 204 for the
+    status callbacks); ``ivrs audit verify`` exits 0."""
+    outcome = read_outcome(db)
+    assert_given_once(outcome)
+    assert_heard_is_stored(outcome, calls)
+    for call in calls:  # "already randomized": randomized in a call whose answer was lost
+        subject = outcome.subjects[call.heard["subject"]]
+        assert subject.id in outcome.randomizations
+    assert set(tally.statuses) <= {200, 204}, tally.statuses
+    result = CliRunner().invoke(main, ["audit", "verify"], env={"DATABASE_URL": database_url})
+    assert result.exit_code == 0, result.output

@@ -4,6 +4,10 @@ tests/test_scale_out_pg.py). The machine's shared servers are never touched.
 
 PostgreSQL refuses to run as root: as root, the cluster's directory belongs
 to the ``postgres`` user and every command runs as that user (``runuser``).
+
+Both listen on 127.0.0.1 only, unless a test names more addresses of its own
+(``listen``): tests/test_scale_out_pg.py adds the root side of the veth pairs
+to its network namespaces, and lets in only those hosts (``clients``).
 """
 
 from __future__ import annotations
@@ -54,10 +58,12 @@ def _wait(until, what: str, timeout: float, log: Path) -> float:
 
 class OwnPostgres:
     """A throw-away cluster: ``initdb`` once, then started, crashed and restarted
-    at will. Trust authentication on 127.0.0.1 only."""
+    at will. Trust authentication on 127.0.0.1, and from the addresses or
+    networks in ``clients`` (CIDR), which reach it on the addresses in ``listen``."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, port: int, *, listen: tuple[str, ...] = ("127.0.0.1",),
+                 clients: tuple[str, ...] = ()) -> None:
+        self.port, self.listen = port, listen
         self.bin = postgres_bin()
         self.dir = Path(tempfile.mkdtemp(prefix="ivrs-own-pg-"))
         self.data = self.dir / "data"
@@ -67,10 +73,12 @@ class OwnPostgres:
         subprocess.run(_as_owner([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust",
                                   "-U", "postgres", "-E", "UTF8", "--no-sync"]),
                        check=True, capture_output=True)
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {client} trust\n" for client in clients)
         self.process: subprocess.Popen | None = None
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", host: str = "127.0.0.1") -> str:
+        return f"postgresql+psycopg://postgres@{host}:{self.port}/{database}"
 
     def start(self) -> float:
         """Start the server; seconds until it accepts connections."""
@@ -81,7 +89,7 @@ class OwnPostgres:
             self.process = subprocess.Popen(
                 _as_owner([str(self.bin / "postgres"), "-D", str(self.data),
                            "-p", str(self.port), "-k", str(self.dir),
-                           "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                           "-c", f"listen_addresses={','.join(self.listen)}", "-c", "fsync=off",
                            "-c", "max_connections=300"]),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return _wait(self.accepts, "PostgreSQL start", 60, self.log)
@@ -125,20 +133,27 @@ class OwnPostgres:
 class OwnRedis:
     """A Redis that keeps nothing on disk, as production's sessions need none."""
 
-    def __init__(self, port: int, log_dir: Path) -> None:
-        self.port = port
+    def __init__(self, port: int, log_dir: Path, *,
+                 listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
+        self.port, self.listen = port, listen
         self.log = log_dir / f"redis-{port}.log"
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, host: str) -> str:
+        return f"redis://{host}:{self.port}/0"
 
     def start(self) -> float:
+        # Protected mode refuses every client not on loopback when there is no
+        # password: off when the test names addresses of its own to listen on.
+        protected = "yes" if self.listen == ("127.0.0.1",) else "no"
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no"],
+                ["redis-server", "--port", str(self.port), "--bind", *self.listen,
+                 "--protected-mode", protected, "--save", "", "--appendonly", "no"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return _wait(self.answers, "Redis start", 30, self.log)
 

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from click.testing import CliRunner
 from e2e import (
     DAY_1,
     PIN,
@@ -35,11 +34,8 @@ from e2e import (
     Call,
     Server,
     all_together,
-    assert_given_once,
-    assert_heard_is_stored,
     free_port,
     kill_server,
-    read_outcome,
     signed_up_users,
     start_server,
     stock_sites,
@@ -47,7 +43,7 @@ from e2e import (
     wait_until_healthy,
 )
 from fake_twilio import ACCOUNT_SID, FROM_NUMBER, FakeTwilio
-from faults import Tally, subjects_through_faults
+from faults import Tally, assert_exactly_once, subjects_through_faults
 from own_servers import OwnPostgres, OwnRedis, skip_unless_servers_can_run
 from sqlalchemy import func, select, text
 from voice import demo_study_in_english
@@ -56,7 +52,6 @@ from core.db import Database
 from core.migrate import upgrade
 from core.models import Delivery, Notification
 from core.supply.outbox import PENDING
-from ivrs.main import main
 
 pytestmark = [pytest.mark.postgres, pytest.mark.faults]
 
@@ -138,16 +133,7 @@ class Trial:
 
     def check(self, calls: list) -> None:
         """What the database holds is exactly what the callers heard, nothing twice."""
-        outcome = read_outcome(self.db)
-        assert_given_once(outcome)
-        assert_heard_is_stored(outcome, calls)
-        for call in calls:  # "already randomized": randomized in a call whose answer was lost
-            subject = outcome.subjects[call.heard["subject"]]
-            assert subject.id in outcome.randomizations
-        assert set(self.tally.statuses) <= {200, 204}, self.tally.statuses
-        result = CliRunner().invoke(main, ["audit", "verify"],
-                                    env={"DATABASE_URL": self.database_url})
-        assert result.exit_code == 0, result.output
+        assert_exactly_once(self.db, self.database_url, calls, self.tally)
 
     def wait_for_sms(self, timeout: float = 60) -> None:
         """Every SMS the randomizations queued is sent, each exactly once."""
@@ -171,11 +157,8 @@ class Trial:
         assert {message.sid for message in self.twilio.messages} == set(sent)
 
     def report(self, what: str, **numbers) -> None:
-        tally = self.tally
         details = ", ".join(f"{name} {value}" for name, value in numbers.items())
-        print(f"\n{what}: {details}; answers {dict(tally.statuses)}, connection errors "
-              f"{dict(tally.errors)}, apologies {tally.apologies}, duplicates sent "
-              f"{tally.duplicates}")
+        print(f"\n{what}: {details}; {self.tally.summary()}")
 
     def close(self) -> None:
         self.db.dispose()
