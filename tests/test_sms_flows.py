@@ -446,3 +446,22 @@ def test_a_request_for_kits_confirmed_meanwhile_is_not_sent(voice):
         bodies = [m.body for m in fake.messages]
     assert report.sent == 1 and len(bodies) == 1
     assert pending in bodies[0] and confirmed not in bodies[0]
+
+
+def test_a_message_whose_first_delivery_died_unanswered_is_not_lost_in_silence(voice,
+                                                                              monkeypatch):
+    from ivrs.conversations import texts
+
+    monkeypatch.setattr(texts, "REPEAT_WAITS_SECONDS", 0.2)
+    sid = "SM" + "d" * 32
+    key = f"sms:reply:{sid}"
+    # A worker claimed the message, then was killed before it answered.
+    assert voice.store.claim(key, texts.CLAIM_SECONDS)
+    texter = voice.texter()
+    repeat = texter.send("STOCK", message_sid=sid)
+    assert repeat.status == 200 and repeat.text.startswith("Sorry"), repeat.text
+    # The claim lapses (a minute): the message is answered then, once.
+    voice.store.delete(key)
+    answered = texter.send("STOCK", message_sid=sid)
+    assert "PIN" in answered.text, answered.text
+    assert texter.send("STOCK", message_sid=sid).xml == answered.xml

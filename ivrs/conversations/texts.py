@@ -3,7 +3,11 @@
 - Twilio may deliver a message twice: the reply is kept under its
   ``MessageSid`` for a day, and a repeat gets the same reply and does nothing
   (the transactions a message starts are keyed by it too, so even a repeat
-  after a crash, before the reply was kept, acts once).
+  after a crash, before the reply was kept, acts once). While a message is
+  being answered, its ``MessageSid`` is claimed for a minute only: a repeat
+  meanwhile waits a few seconds for the reply, then gets an apology (the
+  message is not lost in silence); a claim left by a worker killed mid-message
+  lapses, and the message can be answered again.
 - An unknown number gets one generic reply a day and nothing else: no study,
   no hint of what the service is for.
 - A reply longer than three segments is cut at the last part that fits, with
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from core import fields
@@ -33,6 +38,8 @@ log = logging.getLogger("ivrs.texts")
 
 MAX_BODY = 1600  # Twilio's longest message (ten segments); anything longer is not one
 REPLY_KEPT_SECONDS = 24 * 60 * 60
+CLAIM_SECONDS = 60  # longer than any request takes; a dead worker's claim lapses
+REPEAT_WAITS_SECONDS = 5.0  # how long a repeat waits for the first delivery's reply
 UNKNOWN_SENDER_SECONDS = 24 * 60 * 60  # one generic reply per number per day
 
 
@@ -64,10 +71,14 @@ def answer(db: Database, store: SessionStore, request: TextRequest) -> str:
     """The TwiML reply to one message (exceptions are the webhook's to turn into
     an apology)."""
     kept_key = f"sms:reply:{request.message_sid}"
-    if not store.claim(kept_key, REPLY_KEPT_SECONDS):
-        kept = store.load(kept_key) or {}
+    if not store.claim(kept_key, CLAIM_SECONDS):
+        kept = _reply_of_first_delivery(store, kept_key)
+        if kept is None:
+            log.warning("sms %s delivered again while its first delivery is unanswered: "
+                        "apology", request.message_sid)
+            return apology()
         log.info("sms %s delivered again: same reply, nothing done", request.message_sid)
-        return kept.get("twiml") or empty_reply()
+        return kept
     try:
         twiml = _answer(db, store, request)
     except Exception:
@@ -75,6 +86,17 @@ def answer(db: Database, store: SessionStore, request: TextRequest) -> str:
         raise
     store.save(kept_key, {"twiml": twiml}, REPLY_KEPT_SECONDS)
     return twiml
+
+
+def _reply_of_first_delivery(store: SessionStore, kept_key: str) -> str | None:
+    """The reply kept for a message already claimed, waiting a few seconds for
+    it when the first delivery is still being answered; None if none comes."""
+    deadline = time.monotonic() + REPEAT_WAITS_SECONDS
+    while True:
+        twiml = (store.load(kept_key) or {}).get("twiml")
+        if twiml is not None or time.monotonic() >= deadline:
+            return twiml
+        time.sleep(0.1)
 
 
 def _answer(db: Database, store: SessionStore, request: TextRequest) -> str:
