@@ -3,9 +3,9 @@
 ``ivrs supply run`` runs the expiry, resupply and kit-reminder jobs once (and
 expires the approval requests nobody decided in time); a server
 runs the same core jobs every day at ``IVRS_SUPPLY_AT`` (UTC "HH:MM",
-default 02:00; ``off`` disables it). One thread per server does it: gunicorn's
-master starts it from its ``when_ready`` hook (never once per worker), the dev
-server starts it in its own process.
+default 02:00; ``off`` disables it). One thread per server does it, in the
+server's background jobs process (``ivrs.server.jobs``: never once per worker,
+never in gunicorn's forking master); the dev server starts it in its own process.
 
 The thread never dies: a failing run is logged and the next occurrence tries
 again (the jobs are idempotent, so a day's missed run is made up by the next).
@@ -37,8 +37,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 
-# Imported here, not inside the thread: gunicorn's master forks workers while
-# this thread lives, and a fork while a thread holds an import lock can hang the child.
 from sqlalchemy import select, text
 
 from core.clock import today
