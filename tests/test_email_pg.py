@@ -8,17 +8,16 @@ same moment.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 
 import pytest
+from helpers import parallel_senders
 from sqlalchemy import select, update
 from studyfiles import STUDY_YAML
 from test_email import FROM, MailServer
 from test_notify import PARAMS, queue
 
 from core.audit import verify
-from core.db import Database
 from core.models import AuditEvent, Delivery, User
 from core.studies import get_study
 from core.study_loader import load_study
@@ -43,27 +42,10 @@ def test_parallel_email_senders_send_each_email_exactly_once(pg_db):
             queue(pg_db, f"parallel:{code}:{number}", f"user:{code}",
                   params={**PARAMS, "subject": f"{code}{number:04d}"})
     url = pg_db.engine.url.render_as_string(hide_password=False)
-    reports, errors = [], []
-    start = threading.Barrier(SENDERS)
-
     with MailServer() as server:
         smtp = parse_smtp_url(server.url(), FROM)
-
-        def sender() -> None:
-            db = Database(url, pool_size=2)
-            try:
-                start.wait()
-                reports.append(send_pending_email(db, smtp))
-            except Exception as error:  # noqa: BLE001 — reported by the assertion below
-                errors.append(error)
-            finally:
-                db.dispose()
-
-        threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        reports, errors = parallel_senders(url, SENDERS,
+                                           lambda db: send_pending_email(db, smtp))
         messages = list(server.mailbox.messages)
 
     assert not errors

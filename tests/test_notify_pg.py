@@ -8,20 +8,18 @@ against the local fake of Twilio's REST API.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 
 from fake_twilio import FakeTwilio
+from helpers import parallel_senders
 from sqlalchemy import select
 from studyfiles import STUDY_YAML
 from test_notify import PARAMS, queue, settings_for
 
 from core.audit import verify
-from core.db import Database
-from core.models import AuditEvent
+from core.models import AuditEvent, Delivery
 from core.studies import get_study
 from core.study_loader import load_study
-from core.models import Delivery
 from ivrs.outbound.notify import gateway, send_pending
 
 SENDERS = 4
@@ -36,26 +34,9 @@ def test_parallel_senders_send_each_message_exactly_once(pg_db):
             queue(pg_db, f"parallel:{code}:{number}", f"user:{code}",
                   params={**PARAMS, "subject": f"{code}{number:04d}"})
     url = pg_db.engine.url.render_as_string(hide_password=False)
-    reports, errors = [], []
-    start = threading.Barrier(SENDERS)
-
-    with FakeTwilio() as fake:
-        def sender() -> None:
-            db = Database(url, pool_size=2)
-            try:
-                twilio = gateway(settings_for(fake))
-                start.wait()
-                reports.append(send_pending(db, twilio))
-            except Exception as error:  # noqa: BLE001 — reported by the assertion below
-                errors.append(error)
-            finally:
-                db.dispose()
-
-        threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+    with FakeTwilio() as fake:  # each sender with a Twilio client of its own
+        reports, errors = parallel_senders(
+            url, SENDERS, lambda db: send_pending(db, gateway(settings_for(fake))))
 
     assert not errors
     assert sum(r.expanded for r in reports) == MESSAGES

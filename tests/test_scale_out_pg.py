@@ -61,7 +61,7 @@ from voice import demo_study_in_english
 from core.db import Database
 from core.migrate import upgrade
 from core.mrl import import_mrl
-from ivrs.demo.scenario import STRATA, STUDY_CODE
+from ivrs.demo.scenario import STUDY_CODE, write_demo_mrl
 from ivrs.server.serve import THREADS_PER_WORKER
 
 pytestmark = [pytest.mark.postgres, pytest.mark.faults]
@@ -352,18 +352,8 @@ def stop_leftover_balancer() -> None:
 def extend_the_list(db, path: Path) -> None:
     """More entries a stratum (``ivrs mrl import`` of a second list extends the
     first), numbered after the demo list's, in 2:1 blocks of 3 as it is."""
-    rng = random.Random(1616)
-    number = 2000
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["randomization_number", "arm", "SEX", "AGE", "block"])
-        for sex, age in STRATA:
-            for block in range(MORE_ENTRIES_PER_STRATUM // 3):
-                arms = ["A", "A", "P"]
-                rng.shuffle(arms)
-                for arm in arms:
-                    number += 1
-                    writer.writerow([number, arm, sex, age, f"{sex}{age}-X{block + 1}"])
+    write_demo_mrl(path, MORE_ENTRIES_PER_STRATUM, seed=1616, numbers_after=2000,
+                   block_prefix="X")
     import_mrl(db, path, study_code=STUDY_CODE)
 
 

@@ -49,10 +49,12 @@ STUDY_CODE = "DEMO-301"
 STRATA = [("M", "LT65"), ("M", "GE65"), ("F", "LT65"), ("F", "GE65")]
 
 
-def write_demo_mrl(path: Path, per_stratum: int = 30, seed: int = 301) -> None:
-    """A 2:1 list in permuted blocks of 3, as a statistician would hand it over."""
+def write_demo_mrl(path: Path, per_stratum: int = 30, seed: int = 301, *,
+                   numbers_after: int = 1000, block_prefix: str = "") -> None:
+    """A 2:1 list in permuted blocks of 3, as a statistician would hand it over
+    (a second one, numbered after the first, extends it when imported)."""
     rng = random.Random(seed)
-    number = 1000
+    number = numbers_after
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["randomization_number", "arm", "SEX", "AGE", "block"])
@@ -62,7 +64,8 @@ def write_demo_mrl(path: Path, per_stratum: int = 30, seed: int = 301) -> None:
                 rng.shuffle(arms)
                 for arm in arms:
                     number += 1
-                    writer.writerow([number, arm, sex, age, f"{sex}{age}-{block + 1}"])
+                    writer.writerow([number, arm, sex, age,
+                                     f"{sex}{age}-{block_prefix}{block + 1}"])
 
 
 def write_demo_kits(path: Path, expiry: date, seed: int = 302) -> None:
