@@ -37,8 +37,8 @@ MAX_DEFAULT_WORKERS = 8
 # and the in-process session store is locked. Each thread
 # uses its own pooled database connection (pool of 10 per worker, above 4).
 WORKER_CLASS = "gthread"
-ENVIRONMENTS = ("production", "uat")
 THREADS_PER_WORKER = 4
+ENVIRONMENTS = ("production", "uat")  # IVRS_ENV (SPEC §2)
 
 
 class ServeRefused(Exception):
