@@ -32,7 +32,10 @@ row has moved on since, so a late outcome cannot undo a newer one.
 
 A kit-confirmation request or reminder whose kits were all confirmed while it
 waited (Twilio down or not yet configured) is expanded to nobody: it would ask
-for what is done (``core.supply.confirmation.awaits_confirmation``).
+for what is done (``core.supply.confirmation.awaits_confirmation``). The same
+is checked again when a delivery of one is claimed: one that waited in the
+queue meanwhile (its sender down or not configured, a retry's backoff) is
+``withdrawn``, never sent.
 
 Opt-out: a user who opted out (SMS ``STOP``, or Twilio's error 21610) gets an
 SMS delivery in status ``opted_out`` that is never sent; the check is made at
@@ -71,9 +74,11 @@ DELIVERED = "delivered"
 UNDELIVERED = "undelivered"
 FAILED = "failed"
 OPTED_OUT = "opted_out"
+WITHDRAWN = "withdrawn"  # no longer needed when its turn came (see the module docstring)
 # A status moves to a higher rank only: a late "sent" callback after
 # "delivered" changes nothing, and no final status is ever left.
-RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, UNDELIVERED: 3, FAILED: 3, OPTED_OUT: 3}
+RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, UNDELIVERED: 3, FAILED: 3, OPTED_OUT: 3,
+        WITHDRAWN: 3}
 WAITING = (QUEUED, SENDING)
 
 SMS = "sms"
@@ -299,18 +304,25 @@ def claim_next(db: Database, *, now: datetime, channel: str = SMS
     with db.transaction() as session:
         while True:
             row = session.execute(
-                select(Delivery, User.opted_out, User.user_code)
+                select(Delivery, User.opted_out, User.user_code, Notification.kind,
+                       Notification.params)
                 .join(User, User.id == Delivery.user_id)
+                .join(Notification, Notification.id == Delivery.notification_id)
                 .where(Delivery.status == QUEUED, Delivery.channel == channel,
                        Delivery.next_attempt_at <= now)
                 .order_by(Delivery.next_attempt_at, Delivery.id).limit(1)
                 .with_for_update(of=Delivery, skip_locked=True)).first()
             if row is None:
                 return None, opted_out
-            delivery, user_opted_out, user_code = row
+            delivery, user_opted_out, user_code, kind, params = row
             if user_opted_out and channel == SMS:
                 _finish(session, delivery, OPTED_OUT, now, user_code=user_code)
                 opted_out += 1
+                continue
+            if not awaits_confirmation(session, delivery.study_id, kind, params or {}):
+                log.info("delivery %s: the kits it asks about are confirmed; withdrawn",
+                         delivery.id)
+                _finish(session, delivery, WITHDRAWN, now, user_code=user_code)
                 continue
             # Conditional, so that even a row someone else moved is never claimed twice.
             claimed = session.execute(
@@ -461,7 +473,8 @@ def _current(delivery: Delivery, claimed: Claimed) -> bool:
 
 
 AUDIT_ACTIONS = {SENT: "message_sent", DELIVERED: "message_sent", FAILED: "message_failed",
-                 UNDELIVERED: "message_failed", OPTED_OUT: "message_opted_out"}
+                 UNDELIVERED: "message_failed", OPTED_OUT: "message_opted_out",
+                 WITHDRAWN: "message_withdrawn"}
 
 
 def _finish(session: Session, delivery: Delivery, status: str, now: datetime, *,
@@ -474,7 +487,7 @@ def _finish(session: Session, delivery: Delivery, status: str, now: datetime, *,
     if error_code is not None:
         delivery.error_code = error_code
     delivery.updated_at = now
-    if old in WAITING or status in (FAILED, UNDELIVERED, OPTED_OUT):
+    if old in WAITING or status in (FAILED, UNDELIVERED, OPTED_OUT, WITHDRAWN):
         values = {"notification_id": delivery.notification_id, "user": user_code,
                   "channel": delivery.channel, "provider_sid": sid or delivery.provider_sid,
                   "error_code": delivery.error_code, **details}

@@ -337,3 +337,31 @@ def test_the_request_text_lists_the_kits_of_one_assignment():
         "subject": "10100001", "visit": "VISIT6", "kits": ["1234567890"] * 4}), "en")
     assert "1234567890, 1234567890, 1234567890, 1234567890" in said
     assert segments(said).count <= 1
+
+
+def test_a_request_waiting_in_the_queue_is_withdrawn_once_its_kits_are_confirmed(study):
+    """Expanded while its kit was pending, then held back (Twilio answered 500):
+    confirmed by then, it is never sent."""
+    from fake_twilio import FakeTwilio
+    from test_notify import settings_for
+
+    from core.deliveries import backoff
+    from core.models import AuditEvent, Delivery
+    from ivrs.outbound.notify import gateway, send_pending
+
+    stocked(study, n=2)
+    result = enroll(study)
+    with FakeTwilio() as fake:
+        sender = gateway(settings_for(fake))
+        fake.fail_next(1, 500)
+        start = datetime.now(UTC)
+        assert send_pending(study, sender, now=start).retrying == 1
+        confirm_kit(study, kit_number=result.kits[0], actor=COORDINATOR)
+        assert send_pending(study, sender, now=start + backoff(1)).sent == 0
+        assert fake.posts == 1 and fake.messages == []
+    with study.sessions() as s:
+        (delivery,) = s.scalars(select(Delivery)).all()
+        assert delivery.status == "withdrawn"
+        (withdrawn,) = s.scalars(select(AuditEvent).where(
+            AuditEvent.action == "message_withdrawn")).all()
+        assert withdrawn.entity_id == str(delivery.id)
