@@ -384,6 +384,8 @@ def record_retry(db: Database, claimed: Claimed, error_code: str, *, now: dateti
         if delivery.attempts >= MAX_ATTEMPTS:
             _finish(session, delivery, FAILED, now, user_code=user_code,
                     error_code=RETRIES_EXHAUSTED, last_error=error_code)
+            log.error("delivery %s: given up after %d attempts (%s)", delivery.id,
+                      delivery.attempts, error_code)
             return FAILED
         delivery.status = QUEUED
         delivery.error_code = error_code

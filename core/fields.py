@@ -108,7 +108,3 @@ def email_problem(value: object) -> str | None:
         return "the domain of an e-mail address has a dot inside it (example.org)"
     return None
 
-
-def email(value: object) -> str | None:
-    """``value`` if it is an e-mail address we send to (``email_problem``), else None."""
-    return value if email_problem(value) is None else None  # type: ignore[return-value]

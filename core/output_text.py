@@ -31,12 +31,9 @@ _XML_ILLEGAL = "\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff"
 _CONTROLS = "\x09\x0d\x7f-\x9f"  # besides XML's: tab, carriage return, DEL and C1
 _BIDI = "\u202a-\u202e\u2066-\u2069"
 
-_REMOVE = {
-    "xml": re.compile(f"[{_XML_ILLEGAL}]"),
-    "sms": re.compile(f"[{_XML_ILLEGAL}{_CONTROLS}{_BIDI}]"),
-    "email": re.compile(f"[{_XML_ILLEGAL}{_CONTROLS}{_BIDI}]"),
-    "table": re.compile(f"[{_XML_ILLEGAL}]"),
-}
+_MARKUP = re.compile(f"[{_XML_ILLEGAL}]")
+_SCREEN = re.compile(f"[{_XML_ILLEGAL}{_CONTROLS}{_BIDI}]")  # what a phone or mail client shows
+_REMOVE = {"xml": _MARKUP, "sms": _SCREEN, "email": _SCREEN, "table": _MARKUP}
 MEDIA = frozenset(_REMOVE)
 
 

@@ -599,8 +599,8 @@ class StudyWriter:
                 self.create_user(user, wanted, sites)
                 continue
             current = {"name": row.name, "role": row.role, "phone": row.phone,
-                       "email": row.email, "language": row.language, "sites": sorted(s.code for s in row.sites),
-                       "active": row.active}
+                       "email": row.email, "language": row.language,
+                       "sites": sorted(s.code for s in row.sites), "active": row.active}
             old, new = _diff(current, wanted)
             for name, value in new.items():
                 if name == "sites":

@@ -351,7 +351,7 @@ def send_pending_email(db: Database, settings: Settings | SmtpSettings | None, *
     for claimed in stale_sending(db, now=now, older_than=REQUEUE_AFTER, channel=EMAIL):
         log.info("delivery %s: attempt %d has no known outcome; sent again (same Message-ID)",
                  claimed.id, claimed.attempt)
-        status = _retry(db, claimed, UNKNOWN_OUTCOME, now)
+        status = record_retry(db, claimed, UNKNOWN_OUTCOME, now=now)
         report.requeued += status == QUEUED
         report.failed += status == FAILED
     for _ in range(limit):
@@ -378,7 +378,7 @@ def _record(db: Database, claimed: Claimed, outcome: Outcome, now: datetime,
         elif outcome.kind == "failed":
             report.failed += record_failed(db, claimed, outcome.code, now=now)
         else:
-            status = _retry(db, claimed, outcome.code, now)
+            status = record_retry(db, claimed, outcome.code, now=now)
             report.retrying += status == QUEUED
             report.failed += status == FAILED
     except Exception:
@@ -386,11 +386,3 @@ def _record(db: Database, claimed: Claimed, outcome: Outcome, now: datetime,
         log.exception("delivery %s: outcome %s not recorded; settled later", claimed.id,
                       outcome.kind)
         report.uncertain += 1
-
-
-def _retry(db: Database, claimed: Claimed, code: str, now: datetime) -> str | None:
-    status = record_retry(db, claimed, code, now=now)
-    if status == FAILED:
-        log.error("delivery %s: given up after %d attempts (%s)", claimed.id, claimed.attempt,
-                  code)
-    return status

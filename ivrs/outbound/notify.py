@@ -301,7 +301,7 @@ def _send(db: Database, sender: Gateway, claimed: Claimed, now: datetime,
         if _never_left(error):
             log.warning("delivery %s: Twilio unreachable (%s); retried later", claimed.id,
                         type(error).__name__)
-            report.retrying += _retry(db, claimed, "connect_error", now) == QUEUED
+            report.retrying += record_retry(db, claimed, "connect_error", now=now) == QUEUED
             return
         log.warning("delivery %s: no answer from Twilio (%s); reconciled after %s",
                     claimed.id, type(error).__name__, RECONCILE_AFTER)
@@ -325,22 +325,14 @@ def _refused(db: Database, claimed: Claimed, error: TwilioRestException, now: da
     elif error.status == 401:  # our credentials, not the message: retry once fixed
         log.error("delivery %s: Twilio refused our credentials (%s): check TWILIO_ACCOUNT_SID "
                   "and TWILIO_AUTH_TOKEN; retried later", claimed.id, code)
-        report.retrying += _retry(db, claimed, code, now) == QUEUED
+        report.retrying += record_retry(db, claimed, code, now=now) == QUEUED
     elif error.status == 429 or error.status >= 500:
         log.warning("delivery %s: Twilio answered %s (%s); retried later", claimed.id,
                     error.status, code)
-        report.retrying += _retry(db, claimed, code, now) == QUEUED
+        report.retrying += record_retry(db, claimed, code, now=now) == QUEUED
     else:
         log.error("delivery %s: Twilio refused the message: %s %s", claimed.id, code, error.msg)
         report.failed += record_failed(db, claimed, code, now=now)
-
-
-def _retry(db: Database, claimed: Claimed, code: str, now: datetime) -> str | None:
-    status = record_retry(db, claimed, code, now=now)
-    if status is not None and status != QUEUED:
-        log.error("delivery %s: given up after %d attempts (%s)", claimed.id,
-                  claimed.attempt, code)
-    return status
 
 
 def _never_left(error: BaseException) -> bool:
@@ -377,7 +369,7 @@ def _reconcile(db: Database, sender: Gateway, claimed: Claimed, now: datetime,
             return
     log.info("delivery %s: attempt %d never reached Twilio; queued again", claimed.id,
              claimed.attempt)
-    report.retrying += _retry(db, claimed, "not_received", now) == QUEUED
+    report.retrying += record_retry(db, claimed, "not_received", now=now) == QUEUED
 
 
 def _recorded_sids(db: Database, sids: list[str]) -> set[str]:
