@@ -19,16 +19,24 @@ SITE_ROLES = frozenset({"site_coordinator", "investigator", "pharmacist"})
 
 @dataclass(frozen=True)
 class Actor:
-    """``user_code`` None means the operator at the CLI (an administrator)."""
+    """``user_code`` None means the operator at the CLI (an administrator), or
+    an API client (``client``, its name), which acts with its role's rights."""
 
     role: str
     user_code: str | None = None
     site_codes: frozenset[str] | None = None  # None: every site
     channel: str = "cli"
+    client: str | None = None
 
     @property
     def label(self) -> str:
+        if self.client:
+            return f"api:{self.client}"
         return f"user:{self.user_code}" if self.user_code else f"{self.channel}:admin"
+
+    @property
+    def blinded(self) -> bool:
+        return self.role not in UNBLINDED_ROLES
 
     def may_act_at(self, site_code: str) -> bool:
         return self.site_codes is None or site_code in self.site_codes

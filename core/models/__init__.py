@@ -9,6 +9,14 @@ kits, shipments, visits, returns and the outbox. Import tables from here.
 from sqlalchemy.orm import configure_mappers
 
 from core.models.base import Base, Timestamp
+from core.models.integration import (
+    ApiClient,
+    ApiRequest,
+    EligibilityAnswer,
+    Event,
+    EventDelivery,
+    WebhookSubscription,
+)
 from core.models.supply import (
     Delivery,
     Kit,
@@ -49,6 +57,12 @@ from core.models.trial import (
 )
 
 __all__ = [
+    "ApiClient",
+    "ApiRequest",
+    "EligibilityAnswer",
+    "Event",
+    "EventDelivery",
+    "WebhookSubscription",
     "Approval",
     "Arm",
     "AuditEvent",
