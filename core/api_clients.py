@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from core.actors import ROLES, SITE_ROLES, Actor
+from core.actors import ROLES, SITE_ROLES, Actor, actor_for_user
 from core.clock import utcnow
 from core.db import Database
 from core.errors import IvrsError, NotFound, Refused
@@ -142,3 +142,27 @@ def authenticate(db: Database, token: str) -> Authenticated | None:
 def _info(client: ApiClient) -> ClientInfo:
     return ClientInfo(client.name, client.role, tuple(client.sites), client.token_hint,
                       client.created_at, client.revoked_at)
+
+
+def signing_actor(db: Database, client: Authenticated, user_code: str) -> Actor:
+    """The person who signs a step taken through a client (an unblinding, an
+    approval): a signature is a person's act (21 CFR 11.50), never a system's.
+
+    The signer must be an active user of the client's role, at the client's
+    sites when the client has sites; the step then runs as that user (their
+    rights, their audit rows), through the client (``channel`` names it).
+    Anything else is refused as a bad signature, saying nothing of which part
+    was wrong."""
+    client_actor = client.actor
+    with db.reads() as session:
+        ref = study_ref(session, client.study_code)
+        try:
+            user = actor_for_user(session, ref.id, str(user_code), channel="api")
+        except NotFound:
+            user = None
+    if user is None or user.role != client_actor.role or (
+            client_actor.site_codes is not None
+            and not (user.site_codes or frozenset()) <= client_actor.site_codes):
+        raise Refused("user ID or PIN not valid", code="bad_credentials")
+    return Actor(role=user.role, user_code=user.user_code, site_codes=user.site_codes,
+                 channel=f"api:{client_actor.client}")

@@ -2,8 +2,9 @@
 
 Services collect their audit records while they work (``AuditLog.record``) and
 seal them into the chain as the *last* step of their transaction
-(``AuditLog.seal``): lock the study's chain head, hash the records onto it,
-insert them, move the head, commit. The head's row lock is therefore held only
+(``AuditLog.seal``): write the events the records describe for outside systems
+(``core.events``: one INSERT, only when there are any), lock the study's chain
+head, hash the records onto it, insert them, move the head, commit. The head's row lock is therefore held only
 for those few statements and the commit, not for the whole service, and studies
 never wait for each other. Each row's hash covers its content and the previous
 row's hash; ``verify`` recomputes the chain and names the first row that was
@@ -22,6 +23,7 @@ from typing import Any, Iterator
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from core import events
 from core.clock import utcnow
 from core.models import AuditEvent, AuditHead
 
@@ -102,10 +104,14 @@ class AuditLog:
     def seal(self, session: Session) -> int | None:
         """Chain the pending records; returns the sequence number of the first.
 
-        Call it last in the transaction: it takes the study's chain lock.
+        Call it last in the transaction: it takes the study's chain lock. The
+        records' events (``core.events``) are written first, so that the lock is
+        held no longer for them.
         """
         if not self.pending:
             return None
+        events.emit(session, study_id=self.study_id, actor=self.actor,
+                    transaction_id=self.transaction_id, records=self.pending)
         head = _lock_head(session, self.study_id)
         seq, prev = head
         first = seq + 1

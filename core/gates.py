@@ -18,6 +18,7 @@ from core import approvals, unblinding
 from core.actors import Actor
 from core.approvals import ApprovalRow, Decision
 from core.db import Database
+from core.studies import study_ref
 from core.supply import returns
 
 GATES: approvals.Gates = {gate.kind: gate for gate in (returns.GATE, unblinding.GATE)}
@@ -44,3 +45,18 @@ def expire_stale(db: Database, *, study: str | None = None,
 def list_approvals(session: Session, study_id: int, **filters) -> list[ApprovalRow]:
     """``core.approvals.list_approvals`` over every gate."""
     return approvals.list_approvals(session, study_id, gates=GATES, **filters)
+
+
+# Who reads the list of requests: the approvers and the sponsor's oversight,
+# and site staff their own sites' requests (list_approvals filters by site).
+APPROVAL_READERS = frozenset({"project_manager", "unblinded_statistician", "investigator",
+                              "site_coordinator", "pharmacist", "admin"})
+
+
+def visible_approvals(db: Database, *, actor: Actor, study: str | None = None,
+                      status: str | None = approvals.PENDING) -> list[ApprovalRow]:
+    """The requests ``actor`` may see, newest first."""
+    actor.require(APPROVAL_READERS, "read approval requests")
+    with db.reads() as session:
+        return list_approvals(session, study_ref(session, study).id, status=status,
+                              actor=actor)

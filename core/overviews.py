@@ -12,17 +12,16 @@ from datetime import date
 
 from sqlalchemy import func, select
 
-from core.actors import SITE_ROLES, Actor
+from core.actors import ROLES, SITE_ROLES, Actor
 from core.clock import today
 from core.db import Database
-from core.models import Site
+from core.models import Kit, Shipment, Site, SubjectVisit
 from core.previews import subject_in_study
 from core.studies import study_ref
 from core.subjects import RANDOMIZED
 from core.supply.dispensing import supply_config
 from core.supply.kits import not_in_open_return
 from core.supply.lifecycle import AVAILABLE, QUARANTINED
-from core.models import Kit, Shipment, SubjectVisit
 from core.supply.shipments import DISPATCHED
 from core.supply.visits import DONE, due_visit, first_randomization
 
@@ -72,12 +71,31 @@ class SiteStock:
 
 
 def site_stock(db: Database, *, actor: Actor, study: str | None = None) -> list[SiteStock]:
-    """Blinded stock of each of the actor's sites, by site code."""
+    """Blinded stock of each of a site user's sites, by site code (SMS ``STOCK``)."""
     actor.require(SITE_ROLES, "see a site's stock")
+    return _stock(db, actor, study, None)
+
+
+def inventory(db: Database, *, actor: Actor, study: str | None = None,
+              site: str | None = None) -> list[SiteStock]:
+    """Blinded stock of each site the actor may see (a site role's own sites, or
+    every site for the sponsor's and the depot's roles), or of ``site`` alone."""
+    actor.require(ROLES, "see a site's stock")
+    return _stock(db, actor, study, site)
+
+
+def _stock(db: Database, actor: Actor, study: str | None, site: str | None
+           ) -> list[SiteStock]:
+    if site is not None:
+        actor.require_site(site)
     with db.reads() as session:
         ref = study_ref(session, study)
-        sites = dict(session.execute(select(Site.code, Site.id).where(
-            Site.study_id == ref.id, Site.code.in_(sorted(actor.site_codes or ())))).all())
+        query = select(Site.code, Site.id).where(Site.study_id == ref.id)
+        if actor.role in SITE_ROLES and actor.site_codes is not None:
+            query = query.where(Site.code.in_(sorted(actor.site_codes)))
+        if site is not None:
+            query = query.where(Site.code == site)
+        sites = dict(session.execute(query).all())
         if not sites:
             return []
         counts = {(site, status): count for site, status, count in session.execute(

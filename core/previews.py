@@ -17,14 +17,14 @@ from sqlalchemy.orm import Session
 from core.actors import SITE_ROLES, Actor
 from core.clock import today
 from core.db import Database
+from core.eligibility import EDC, IVRS, assess, incomplete, recorded_answers
 from core.errors import NotFound, Refused
-from core.models import Site, Study, Subject
+from core.models import Kit, Shipment, ShipmentKit, Site, Study, Subject
 from core.randomize import next_event
 from core.studies import StudyRef, study_ref
 from core.study_config import FactorConfig, study_config
 from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, SubjectRow
 from core.supply.dispensing import DISPENSING_ROLES, supply_config, treated_subject
-from core.models import Kit, Shipment, ShipmentKit
 from core.supply.shipments import DISPATCHED
 from core.supply.visits import due_visit, recorded_visits
 
@@ -33,8 +33,9 @@ from core.supply.visits import due_visit, recorded_visits
 class RandomizationQuestions:
     subject_number: str
     event: str
-    eligibility: tuple[str, ...]
+    eligibility: tuple[str, ...]  # none when the EDC records them
     factors: tuple[FactorConfig, ...]
+    eligibility_source: str = IVRS
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,20 @@ def randomization_questions(db: Database, *, subject_number: str, actor: Actor,
         ref, subject = subject_in_study(session, study, subject_number, actor)
         config = study_config(session, ref.id, ref.config_version)
         event = next_event(session, config, subject)
-        return RandomizationQuestions(
-            subject_number, event.code, ref.eligibility, event.factors)
+        if config.eligibility_source != EDC:
+            return RandomizationQuestions(
+                subject_number, event.code, ref.eligibility, event.factors)
+        if subject.status == SCREENED:
+            # What the EDC recorded decides: say so now, not after the factors.
+            missing, failed = assess(ref.eligibility,
+                                     recorded_answers(session, ref, subject.id))
+            if failed:
+                raise Refused(f"subject {subject_number} is not eligible: "
+                              f"{', '.join(failed)} recorded as not met",
+                              code="not_eligible", failed=failed)
+            if missing:
+                raise incomplete(subject_number, missing)
+        return RandomizationQuestions(subject_number, event.code, (), event.factors, EDC)
 
 
 def visit_due(db: Database, *, subject_number: str, actor: Actor,

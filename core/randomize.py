@@ -3,7 +3,13 @@
 Lock order inside a randomization (the same everywhere, so none can deadlock):
 study configuration (shared) -> subject row -> cap counters (sorted) -> the
 stratum's counter -> the event counter -> the first visit's kits (``SKIP
-LOCKED``: never a wait) -> the study's audit chain head.
+LOCKED``: never a wait) -> the study's audit chain head. A subject's EDC
+eligibility answers (core.eligibility) are read and written under the subject
+row's lock, before the caps: they are the subject's, no other row guards them.
+
+With ``eligibility_source: edc`` the answers are not the caller's but those
+the EDC recorded (answers passed in are recorded first, in the same
+transaction): one more statement, a SELECT of the subject's answers.
 
 In a study with kit types and visits, the first randomization also dispenses
 the first visit's kits (SPEC §6.5). The site's stock is checked for every
@@ -21,6 +27,14 @@ from sqlalchemy.orm import Session
 from core.actors import Actor
 from core.clock import today, utcnow
 from core.db import Database
+from core.eligibility import (
+    EDC,
+    assess,
+    check_answer_values,
+    incomplete,
+    record_answers,
+    recorded_answers,
+)
 from core.errors import IvrsError, Refused
 from core.models import Arm, CapCounter, Randomization, RandomizationEvent
 from core.randomization import METHODS, AssignmentContext, ListExhausted
@@ -63,6 +77,12 @@ def randomize(db: Database, *, subject_number: str, actor: Actor,
 
     A "no" to any eligibility question stops it: the refusal is committed to the
     audit trail (the protocol wants it on record) and then raised.
+
+    In a study whose eligibility source is the EDC, ``eligibility`` holds answers
+    to record before deciding (the API lets an EDC send them with the call; the
+    phone sends none) and the decision is on every answer recorded: a question
+    not recorded refuses it (``eligibility_incomplete``, nothing written, not
+    even the answers sent along), one not met refuses it like a "no" does.
     """
     actor.require(ENROLLING_ROLES, "randomize")
     operation = f"randomize {subject_number}"
@@ -75,13 +95,21 @@ def randomize(db: Database, *, subject_number: str, actor: Actor,
             actor.require_site(subject.site_code)
             config = study_config(session, study_row.id, study_row.config_version)
             event_config = _event_for(session, config, subject, event)
-            answers = _check_answers(study_row, eligibility)
-            if not all(answers.values()):
+            from_edc = config.eligibility_source == EDC
+            if from_edc:
+                answers = _edc_answers(call, subject, eligibility)
+            else:
+                answers = _check_answers(study_row, eligibility)
+            # At a later event an EDC's answers are on record, not asked again.
+            failed = ([q for q, ok in answers.items() if not ok]
+                      if not from_edc or subject.status == SCREENED else [])
+            if failed:
+                source = {"eligibility_source": EDC} if from_edc else {}
                 call.audit.record("randomization_refused", "subject", subject_number,
-                                  new={"event": event_config.code, "eligibility": answers},
+                                  new={"event": event_config.code, "eligibility": answers,
+                                       **source},
                                   reason="not eligible")
-                replay = call.finish({"refused": "not_eligible",
-                                      "failed": [q for q, ok in answers.items() if not ok]})
+                replay = call.finish({"refused": "not_eligible", "failed": failed, **source})
             else:
                 replay = _randomize(call, config, subject, event_config, answers, factors,
                                     cohort)
@@ -89,8 +117,9 @@ def randomize(db: Database, *, subject_number: str, actor: Actor,
         raise Refused(STOCK_REFUSAL.format(site=replay["site"]), code="no_stock_at_site",
                       site=replay["site"])
     if "refused" in replay:
+        how = "recorded as not met" if replay.get("eligibility_source") == EDC else "answered no"
         raise Refused(f"subject {subject_number} is not eligible: "
-                      f"{', '.join(replay['failed'])} answered no",
+                      f"{', '.join(replay['failed'])} {how}",
                       code=replay["refused"], failed=replay["failed"])
     return RandomizationResult(**{**replay, "kits": tuple(replay.get("kits") or ())})
 
@@ -200,6 +229,26 @@ def _check_answers(study: StudyRef, eligibility: dict[str, bool]) -> dict[str, b
     if missing and all(answers.values()):
         raise IvrsError(f"eligibility not answered: {', '.join(missing)}",
                         code="eligibility_missing")
+    return answers
+
+
+def _edc_answers(call, subject, eligibility: dict[str, bool]) -> dict[str, bool]:
+    """The subject's answers as the EDC recorded them, those passed in first.
+
+    At the first randomization every question must be answered (a "not met"
+    is returned: ``randomize`` commits that refusal); at a later one the
+    answers are closed and not checked again."""
+    check_answer_values(eligibility, allow_empty=True)
+    if subject.status != SCREENED:
+        if eligibility:
+            raise Refused(f"subject {subject.subject_number} is {subject.status}: "
+                          "eligibility is recorded before the first randomization",
+                          code=f"subject_{subject.status}")
+        return recorded_answers(call.session, call.study, subject.id)
+    answers = record_answers(call, subject, eligibility)
+    missing, failed = assess(call.study.eligibility, answers)
+    if missing and not failed:
+        raise incomplete(subject.subject_number, missing)
     return answers
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from core.actors import SITE_ROLES, Actor
 from core.audit_reports import audit, chain_notes, user_activity
+from core.errors import IvrsError, NotFound, Refused
 from core.models import Study
 from core.report_charts import Chart
 from core.reports import Report, randomization, subjects, unblinding
@@ -62,3 +64,43 @@ SPECS: dict[str, ReportSpec] = {
 
 # name -> builder, for callers that only want the rows
 REPORTS: dict[str, Callable[..., Report]] = {name: spec.build for name, spec in SPECS.items()}
+
+
+# --- who may read which report -------------------------------------------------------------
+
+# The sponsor's roles read every report (blinded unless the role is unblinded);
+# site roles read only reports that can be limited to a site, for their own
+# sites; the depot its inventories and shipments.
+DEPOT_REPORTS = frozenset({"kits", "depot-inventory", "shipments", "site-inventory"})
+SPONSOR_ROLES = frozenset({"project_manager", "unblinded_statistician", "admin"})
+
+
+@dataclass(frozen=True)
+class ReportAccess:
+    spec: ReportSpec
+    blinded: bool
+    site: str | None  # the site the report is limited to (site roles: always one)
+
+
+def report_access(actor: Actor, name: str, site: str | None) -> ReportAccess:
+    """May ``actor`` read report ``name`` (for ``site``), and blinded or not?
+    Refusals: ``unknown_report``, ``not_allowed``, ``wrong_site``, ``site_required``."""
+    spec = SPECS.get(name)
+    if spec is None:
+        raise NotFound(f"no report {name} (reports: {', '.join(SPECS)})", code="unknown_report")
+    if site is not None and "site" not in spec.filters:
+        raise IvrsError(f"report {name} cannot be limited to a site", code="bad_filter")
+    if actor.role in SITE_ROLES:
+        if "site" not in spec.filters:
+            raise Refused(f"report {name} covers every site", code="not_allowed")
+        if site is None and actor.site_codes is not None and len(actor.site_codes) == 1:
+            site = next(iter(actor.site_codes))
+        if site is None and actor.site_codes is not None:
+            raise Refused("name one of your sites", code="site_required")
+        if site is not None:
+            actor.require_site(site)
+    elif actor.role == "depot_manager" and name not in DEPOT_REPORTS:
+        raise Refused(f"role depot_manager may not read report {name}", code="not_allowed")
+    elif actor.role not in SPONSOR_ROLES | {"depot_manager"}:
+        raise Refused(f"role {actor.role} may not read reports", code="not_allowed")
+    return ReportAccess(spec, actor.blinded, site)

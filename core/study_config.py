@@ -1,7 +1,8 @@
 """A study's randomization configuration, read once per process and version.
 
-Randomizing needs the events, their factors and levels, the arms and whether
-caps exist: five queries that return the same rows for months. They are read
+Randomizing needs the events, their factors and levels, the arms, whether
+caps exist and who answers the eligibility questions: six queries that return
+the same rows for months. They are read
 into plain frozen objects and kept per process, keyed by the study's
 ``config_version``, which every configuration change (study reload, ratio
 change) increments in its own transaction. Each randomization reads the study
@@ -25,7 +26,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from core.models import Arm, CapCounter, Factor, RandomizationEvent
+from core.models import Arm, CapCounter, Factor, RandomizationEvent, Study
 
 LOCK_SPACE = 0x1715  # first key of our advisory locks; the second is the study id
 _SHARED = select(func.pg_advisory_xact_lock_shared(LOCK_SPACE, bindparam("study_id")))
@@ -66,6 +67,9 @@ class StudyConfig:
     version: int
     arms: dict[str, ArmConfig]  # by code, in file order
     events: tuple[EventConfig, ...] = field(default=())  # in order, method "none" left out
+    # "ivrs": the phone asks the eligibility questions; "edc": the EDC records
+    # the answers through the API (core.eligibility). Study.config's setting.
+    eligibility_source: str = "ivrs"
 
 
 class ConfigCache:
@@ -115,7 +119,9 @@ def _read(session: Session, study_id: int, version: int) -> StudyConfig:
             .order_by(RandomizationEvent.position)).scalars()
         if event.method != "none"
     )
-    return StudyConfig(study_id=study_id, version=version, arms=arms, events=events)
+    settings = session.scalar(select(Study.config).where(Study.id == study_id)) or {}
+    return StudyConfig(study_id=study_id, version=version, arms=arms, events=events,
+                       eligibility_source=settings.get("eligibility_source", "ivrs"))
 
 
 def share_config(session: Session, study_id: int) -> None:

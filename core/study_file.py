@@ -51,6 +51,7 @@ ROLES = ("site_coordinator", "investigator", "pharmacist", "project_manager",
 # Roles that act at sites (SPEC §4: "a user acts only at their own sites").
 SITE_ROLES = {"site_coordinator", "investigator", "pharmacist"}
 METHODS = ("list", "block", "minimization", "simple", "none")
+ELIGIBILITY_SOURCES = ("ivrs", "edc")
 # Names that stratum keys and cap keys already use for something else.
 RESERVED_FACTOR_CODES = {"site", "cohort", "total"}
 # A level is chosen on the phone with one digit (SPEC §6: digit = position).
@@ -283,6 +284,11 @@ class EventDef(Section):
     caps: dict[str, NonNegativeInt] = {}
     cohorts: list[Code] = []
     current_cohort: Code | None = None
+    # Who answers the eligibility questions: the phone asks them (ivrs), or the
+    # EDC records them through the API (edc; SPEC §10). A setting of the study,
+    # written in the randomization section (on its first event when it is a
+    # list): stored in Study.config, not in the event's params.
+    eligibility_source: Literal[ELIGIBILITY_SOURCES] = "ivrs"  # type: ignore[valid-type]
 
     def params(self) -> dict[str, Any]:
         """What ``RandomizationEvent.params`` holds: the method's parameters."""
@@ -399,9 +405,15 @@ class StudyDefinition(Section):
     def events(self) -> list[EventDef]:
         return self.randomization
 
+    @property
+    def eligibility_source(self) -> str:
+        """The study's (written on its first randomization event)."""
+        return self.randomization[0].eligibility_source
+
     def config(self) -> dict[str, Any]:
         """What ``Study.config`` holds: the sections later features read."""
         return {
+            "eligibility_source": self.eligibility_source,
             "kit_types": [kit.model_dump(mode="json") for kit in self.kit_types],
             "visits": [visit.model_dump(mode="json") for visit in self.visits],
             "visits_by_cohort": {cohort: [visit.model_dump(mode="json") for visit in visits]
@@ -544,6 +556,7 @@ class CrossChecks:
                     key="event")
         for index, event in enumerate(d.randomization):
             EventChecks(self, event, ("randomization", index)).run()
+        self.check_eligibility_source()
         self.check_kit_types()
         self.check_visits()
         self.check_supply()
@@ -551,6 +564,26 @@ class CrossChecks:
         self.check_sites()
         self.check_users()
         return self.errors
+
+    def check_eligibility_source(self) -> None:
+        """One source for the whole study; ``edc`` needs questions to record and
+        a randomization to gate."""
+        first, *later = self.d.randomization
+        for index, event in enumerate(later, start=1):
+            if "eligibility_source" in event.model_fields_set:
+                self.error(("randomization", index, "eligibility_source"),
+                           "eligibility_source is a setting of the whole study: give it on "
+                           f"the first event ({first.event}) only")
+        if first.eligibility_source != "edc":
+            return
+        path = ("randomization", 0, "eligibility_source")
+        if not self.d.eligibility:
+            self.error(path, "eligibility_source edc: the EDC records the answers to the "
+                             "study's eligibility questions, but the file has none "
+                             "(add eligibility: [INC1, ...])")
+        if all(event.method == "none" for event in self.d.randomization):
+            self.error(path, "eligibility_source edc gates randomization, and method none "
+                             "does not randomize")
 
     def unique(self, values: list, path: PathTuple, what: str, *, key: str | None = None) -> None:
         first_index: dict[Any, int] = {}

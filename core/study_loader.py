@@ -71,7 +71,11 @@ from core.study_file import EventDef, StudyDefinition, parse_study_file
 __all__ = ["LoadResult", "load_study", "parse_study_file"]
 
 # Study.config holds these sections of the file, as validated.
-CONFIG_SECTIONS = ("kit_types", "visits", "visits_by_cohort", "supply", "unblinding")
+CONFIG_SECTIONS = ("kit_types", "visits", "visits_by_cohort", "supply", "unblinding",
+                   "eligibility_source")
+# What a study loaded before a setting existed has, so that reloading its
+# unchanged file audits no change.
+CONFIG_DEFAULTS = {"eligibility_source": "ivrs"}
 
 
 @dataclass
@@ -197,7 +201,8 @@ class StudyWriter:
         study = self.study
         current = {"name": study.name, "languages": study.languages,
                    "eligibility": study.eligibility, "unblinding_mode": study.unblinding_mode,
-                   **{name: (study.config or {}).get(name) for name in CONFIG_SECTIONS}}
+                   **{name: (study.config or {}).get(name, CONFIG_DEFAULTS.get(name))
+                      for name in CONFIG_SECTIONS}}
         old, new = _diff(current, self.study_settings())
         if not new:
             return

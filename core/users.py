@@ -140,3 +140,15 @@ def _lock_user(session, study_id: int, user_code: str) -> User:
     if user is None:
         raise NotFound(f"no user {user_code}", code="unknown_user")
     return user
+
+
+def record_unblinded_view(db: Database, *, actor: Actor, purpose: str,
+                          study: str | None = None) -> None:
+    """An unblinded view by an actor whose role is unblinded already (an API
+    client's token is its authorization): refused for a blinded role, audited."""
+    if actor.blinded:
+        raise Refused(f"role {actor.role} is blinded", code="blinded_role")
+    with service_call(db, study, "unblinded_view", None, actor) as call:
+        call.audit.record("unblinded_view", "report", purpose, reason=purpose,
+                          new={"channel": actor.channel})
+        call.finish({})

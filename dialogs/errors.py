@@ -12,7 +12,8 @@ from __future__ import annotations
 KNOWN_ERRORS = frozenset({
     "unknown_subject", "wrong_site", "not_allowed", "already_randomized",
     "subject_screened", "subject_screen_failed", "subject_randomized", "subject_discontinued",
-    "subject_not_randomized", "not_eligible", "list_exhausted", "cap_reached",
+    "subject_not_randomized", "not_eligible", "eligibility_incomplete", "list_exhausted",
+    "cap_reached",
     "no_stock_at_site", "no_stock", "no_visit_due", "kit_not_assigned", "unknown_shipment",
     "shipment_not_due", "kit_not_in_shipment", "site_full", "unknown_site", "bad_pin",
     "pin_unchanged", "locked", "previous_event_missing", "no_randomization", "no_kit_type",

@@ -26,6 +26,7 @@ class Runtime:
 def create_app(settings: Settings | None = None, *, db: Database | None = None,
                store: SessionStore | None = None) -> Flask:
     import webhooks
+    from ivrs import api
 
     settings = settings or Settings.from_env()
     app = Flask("ivrs")
@@ -37,4 +38,5 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     elif not settings.twilio_auth_token:
         log.error("TWILIO_AUTH_TOKEN is not set: every webhook request will be refused (403)")
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(api.blueprint)
     return app

@@ -11,7 +11,19 @@ from __future__ import annotations
 
 import click
 
-from ivrs.cli import approvals, audit, export, jobs, reports, setup, simulate, supply, users
+from ivrs.cli import (
+    api_clients,
+    approvals,
+    audit,
+    export,
+    jobs,
+    reports,
+    setup,
+    simulate,
+    supply,
+    users,
+    webhooks,
+)
 from ivrs.config import ConfigError
 from ivrs.demo import commands as demo_commands
 from ivrs.demo import terminal
@@ -45,7 +57,8 @@ def main() -> None:
 for command in (
     setup.init, setup.study, setup.mrl, users.users, reports.report, audit.audit,
     approvals.approvals, export.export, jobs.supply, jobs.outbox, supply.kits,
-    supply.shipments, supply.returns, simulate.simulate,
+    supply.shipments, supply.returns, simulate.simulate, api_clients.api_clients,
+    webhooks.webhooks,
     server.serve,
     demo_commands.demo, demo_commands.sms, terminal.call,
 ):

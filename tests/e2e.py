@@ -55,7 +55,7 @@ class SiteUser:
     phone: str
 
 
-def signed_up_users(db, count: int, first: int) -> list[SiteUser]:
+def signed_up_users(db, count: int, first: int, study: str = STUDY_CODE) -> list[SiteUser]:
     """Site coordinators with a PIN they chose (not temporary), spread over 101 and 102."""
     users = [SiteUser(str(first + i), "101" if i % 2 == 0 else "102", f"+3361{first + i:07d}")
              for i in range(count)]
@@ -63,8 +63,8 @@ def signed_up_users(db, count: int, first: int) -> list[SiteUser]:
     def sign_up(user: SiteUser) -> None:
         add_user(db, user_code=user.code, name=f"Coordinator {user.code}",
                  role="site_coordinator", sites=[user.site], phone=user.phone, language="en",
-                 pin="1111", actor=ADMIN, study=STUDY_CODE)
-        change_pin(db, user_code=user.code, new_pin=PIN, study=STUDY_CODE,
+                 pin="1111", actor=ADMIN, study=study)
+        change_pin(db, user_code=user.code, new_pin=PIN, study=study,
                    actor=Actor(role="site_coordinator", user_code=user.code,
                                site_codes=frozenset({user.site}), channel="test"))
 
@@ -73,7 +73,7 @@ def signed_up_users(db, count: int, first: int) -> list[SiteUser]:
     return users
 
 
-def stock_sites(db, path: Path, per_type_and_site: int = 60) -> None:
+def stock_sites(db, path: Path, per_type_and_site: int = 60, study: str = STUDY_CODE) -> None:
     """Kits for 20 subjects a site x 3 kits, whatever arm the list gives each."""
     with db.sessions() as session:
         taken = set(session.scalars(select(Kit.kit_number)))
@@ -88,7 +88,7 @@ def stock_sites(db, path: Path, per_type_and_site: int = 60) -> None:
             for kit_type, lot in (("KA", "LA1"), ("KP", "LP1")):
                 for _ in range(per_type_and_site):
                     writer.writerow([next(numbers), kit_type, lot, expiry.isoformat(), site])
-    import_kits(db, path, study_code=STUDY_CODE)
+    import_kits(db, path, study_code=study)
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -365,10 +365,10 @@ class Outcome:
     transactions: dict[tuple[str, str], set[int]]
 
 
-def read_outcome(db) -> Outcome:
+def read_outcome(db, study: str = STUDY_CODE) -> Outcome:
     """What the database holds, with the audit chain verified on the way."""
     with db.sessions() as session:
-        study_row = get_study(session, STUDY_CODE)
+        study_row = get_study(session, study)
         subjects = {s.subject_number: s for s in session.scalars(select(Subject))}
         site_ids = dict(session.execute(select(Site.code, Site.id).where(
             Site.study_id == study_row.id)).all())

@@ -26,10 +26,12 @@ FACTORS = {"SEX": ["M", "F"], "AGE": ["LT65", "GE65"]}
 
 def make_study(db: Database, *, code="T-1", method="list", ratio=None, factors=FACTORS,
                sites=("101", "102"), params=None, caps=None, stratify_by_site=False,
-               eligibility=("INC1", "EXC1"), list_per_stratum=0, extra_events=()) -> Study:
+               eligibility=("INC1", "EXC1"), list_per_stratum=0, extra_events=(),
+               config=None) -> Study:
     ratio = ratio or {"A": 1, "P": 1}
     with db.transaction() as s:
-        study = Study(code=code, name=code, languages=["en"], eligibility=list(eligibility))
+        study = Study(code=code, name=code, languages=["en"], eligibility=list(eligibility),
+                      config=dict(config or {}))
         s.add(study)
         s.flush()
         arms = {c: Arm(study_id=study.id, code=c, name=f"Arm {c}", position=i)

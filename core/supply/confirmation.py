@@ -132,9 +132,11 @@ class KitConfirmation:
 
 
 def confirm_kit(db: Database, *, kit_number: str, actor: Actor, study: str | None = None,
-                idempotency_key: str | None = None) -> KitConfirmation:
+                idempotency_key: str | None = None,
+                subject_number: str | None = None) -> KitConfirmation:
     """Confirm that ``kit_number`` was handed out: it must be one of the actor's
-    pending kits. Refusals change nothing:
+    pending kits (and, when the caller names it, ``subject_number``'s).
+    Refusals change nothing:
 
     - ``wrong_kit`` (params ``kit``, ``expected`` = the most recent pending
       assignment's kits, ``subject``, ``visit``; ``assignments`` = how many are
@@ -155,6 +157,10 @@ def confirm_kit(db: Database, *, kit_number: str, actor: Actor, study: str | Non
         mine = next((p for p in pending if kit_number in p.kits), None)
         if kit is None or mine is None:
             raise _refusal(session, kit, kit_number, pending, actor)
+        if subject_number is not None and mine.subject_number != subject_number:
+            raise Refused(f"kit {kit_number} belongs to subject {mine.subject_number}",
+                          code="kit_of_another_subject", kit=kit_number,
+                          subject=mine.subject_number)
         confirmed_at = utcnow()
         apply_move(call.audit, kit, "confirm", confirmed_at=confirmed_at,
                    details={"subject": mine.subject_number, "visit": mine.visit})

@@ -241,11 +241,13 @@ def treated_subject(session: Session, subject, actor: Actor):
 
 def dispense(db: Database, *, subject_number: str, actor: Actor, study: str | None = None,
              idempotency_key: str | None = None,
-             ask_by_notification: bool = True) -> DispenseResult:
+             ask_by_notification: bool = True, visit: str | None = None) -> DispenseResult:
     """Dispense the visit due now: record missed visits, assign the visit's kits.
 
-    Refused when no visit is due (past the last one) or when the site lacks
-    dispensable kits (``no_stock``); a refusal writes nothing.
+    Refused when no visit is due (past the last one), when the caller names the
+    ``visit`` it expects and another one is due (``visit_not_due``: an EDC's
+    eCRF page is for one visit), or when the site lacks dispensable kits
+    (``no_stock``); a refusal writes nothing.
     """
     actor.require(DISPENSING_ROLES, "dispense kits")
     with service_call(db, study, f"dispense {subject_number}", idempotency_key, actor) as call:
@@ -261,6 +263,9 @@ def dispense(db: Database, *, subject_number: str, actor: Actor, study: str | No
         due = due_visit(schedule, first.randomized_on, done, today)
         if due.visit is None:
             raise Refused(f"subject {subject_number} has no visit due", code="no_visit_due")
+        if visit is not None and visit != due.visit.code:
+            raise Refused(f"visit {visit} is not due for subject {subject_number}: "
+                          f"{due.visit.code} is", code="visit_not_due", due=due.visit.code)
         visit = due.visit
         kit_numbers: list[str] = []
         kit_type_code = None

@@ -3,6 +3,11 @@ discontinuation): SPEC §6.3–6.5.
 
 Nothing here speaks an arm: the randomization result names the randomization
 number and the kits, which reveal nothing (kit numbers are not ordered by arm).
+
+In a study whose eligibility the EDC records (``eligibility_source: edc``) the
+core's preview has no eligibility question to ask, and refuses at once a
+subject whose recorded eligibility is incomplete or not met; the caller hears
+that it is the EDC's record that decides.
 """
 
 from __future__ import annotations
@@ -109,7 +114,11 @@ class EnrolmentFlow:
             plan = randomization_questions(self.ctx.db, subject_number=self.slots["subject"],
                                            actor=self.actor(), study=self.ctx.study)
         except IvrsError as error:
+            if error.code == "not_eligible":  # only the EDC's record says so before asking
+                return self.refuse("rand.not_eligible_edc",
+                                   subject=Digits(self.slots["subject"]))
             return self.refuse_error(error)
+        self.slots["eligibility_source"] = plan.eligibility_source
         # The questions in order: eligibility (yes/no), one per factor (digit =
         # level's position), and last the summary to confirm.
         self.slots["questions"] = (
@@ -185,6 +194,11 @@ class EnrolmentFlow:
                                factors=self.slots["levels"], study=self.ctx.study,
                                idempotency_key=self.idempotency_key("randomize"))
         except IvrsError as error:
+            if error.code == "not_eligible" and self.slots.get("eligibility_source") == "edc":
+                # The EDC changed an answer since the preview; the refusal is on record.
+                self.remember(Say("rand.not_eligible_edc",
+                                  {"subject": Digits(self.slots["subject"])}))
+                return
             self.say_error(error)
             return
         says = [Say("rand.done", {"subject": Digits(result.subject_number),

@@ -288,6 +288,22 @@ def barcelona_randomizes(run: DemoRun) -> None:
     call.hang_up()
 
 
+def barcelona_edc_randomizes(run: DemoRun) -> None:
+    """The site's EDC screens and randomizes a subject through the HTTP API, with the
+    eligibility and the stratification factors the eCRF holds."""
+    from ivrs.demo.edc import DemoEdc
+
+    run.echo("")
+    run.echo("== Barcelona's EDC screens and randomizes a subject through the HTTP API")
+    edc = DemoEdc(run.line.app, run.db, run.echo, site="102", study=STUDY_CODE)
+    subject = edc.post("/subjects", {"site": "102"})["subject_number"]
+    run.subjects.setdefault("102", []).append(subject)
+    edc.post(f"/subjects/{subject}/randomize", {
+        "eligibility": {"INC1": True, "INC2": True, "EXC1": True},
+        "factors": {"SEX": "M", "AGE": "LT65"}})
+    edc.get(f"/subjects/{subject}")
+
+
 def paris_confirms_kits_by_sms(run: DemoRun) -> None:
     """The kit-number confirmation: the SMS each randomization queued, a kit number
     mistyped and caught, then the right numbers (the second one bare)."""
@@ -398,6 +414,7 @@ SCENES: tuple[Callable[[DemoRun], None], ...] = (
     paris_randomizes,
     paris_confirms_kits_by_sms,
     barcelona_randomizes,
+    barcelona_edc_randomizes,
     paris_ineligible_subject,
     depot_ships,
     paris_receives,

@@ -25,6 +25,13 @@ e-mail sender (``ivrs.outbound.email.send_pending_email``, with ``SMTP_URL``).
 They need no advisory lock: a sender's claim of a delivery is safe with any
 number of senders (row locks and a conditional update; see
 ``core.deliveries``), so two servers simply share the queue.
+
+The webhook sender (``ivrs.outbound.webhooks``) has a thread of its own, every
+second and always on: it needs no settings, a pass with nothing to send is a
+few indexed reads, and a receiver that is slow to answer must not hold back
+the SMS and e-mail (nor they it). It keeps one small connection pool for the
+life of the process (the jobs process is its own interpreter: no fork copies
+it), rather than open a database every second.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from core.supply.resupply import run_resupply
 from ivrs.config import Settings
 from ivrs.outbound.email import EmailReport, send_pending_email
 from ivrs.outbound.notify import SendReport, gateway, send_pending
+from ivrs.outbound.webhooks import send_pending_webhooks
 
 log = logging.getLogger("ivrs.scheduler")
 
@@ -63,6 +71,9 @@ POLL_SECONDS = 30.0
 # out within this many seconds.
 SEND_EVERY_SECONDS = 5.0
 SENDER_MAX_WAIT_SECONDS = 60.0
+# The event stream is for systems that wait for it (an EDC showing the kit
+# numbers): a second at most, and nothing to configure.
+WEBHOOKS_EVERY_SECONDS = 1.0
 
 
 class ScheduleError(ValueError):
@@ -258,13 +269,14 @@ class SenderLoop(_JobThread):
 
     name = "ivrs-sender"
     what = "sender pass"
+    started = "outbound messages: sending every %g s"
 
     def __init__(self, job: Callable[[], object], *, every: float = SEND_EVERY_SECONDS):
         self.every = every
         super().__init__(job)
 
     def _loop(self) -> None:
-        log.info("outbound messages: sending every %g s", self.every)
+        log.info(self.started, self.every)
         failures_in_a_row = 0
         while not self._stop.is_set():
             failures_in_a_row = 0 if self._run_once() else failures_in_a_row + 1
@@ -310,11 +322,28 @@ def start_sender(database_url: str, *, every: float = SEND_EVERY_SECONDS) -> Sen
     return SenderLoop(lambda: send_once(settings), every=every).start()
 
 
+class WebhookLoop(SenderLoop):
+    """The webhook sender's thread (``ivrs.outbound.webhooks``)."""
+
+    name = "ivrs-webhooks"
+    what = "webhook pass"
+    started = "webhooks: sending every %g s"
+
+
+def start_webhook_sender(database_url: str, *,
+                         every: float = WEBHOOKS_EVERY_SECONDS) -> WebhookLoop:
+    """The server's webhook sender thread, on a database of its own."""
+    small = {} if database_url.startswith("sqlite") else {"pool_size": 1, "max_overflow": 1}
+    db = Database(database_url, **small)
+    return WebhookLoop(lambda: send_pending_webhooks(db), every=every).start()
+
+
 def start_supply_schedule(database_url: str, at: time | None) -> SupplyScheduler | None:
-    """The server's background jobs: the senders (when Twilio or SMTP_URL is
-    configured) and the daily supply schedule, which this returns (None when
-    ``IVRS_SUPPLY_AT`` is off)."""
+    """The server's background jobs: the senders (SMS and e-mail when Twilio or
+    SMTP_URL is configured, webhooks always) and the daily supply schedule,
+    which this returns (None when ``IVRS_SUPPLY_AT`` is off)."""
     start_sender(database_url)
+    start_webhook_sender(database_url)
     if at is None:
         log.info("supply job schedule is off (IVRS_SUPPLY_AT=off)")
         return None

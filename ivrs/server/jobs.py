@@ -1,5 +1,6 @@
-"""The server's background jobs (the SMS sender and the daily supply job,
-``ivrs.outbound.scheduler``) in a process of their own, beside gunicorn's workers.
+"""The server's background jobs (the SMS and e-mail senders, the webhook sender
+and the daily supply job, ``ivrs.outbound.scheduler``) in a process of their
+own, beside gunicorn's workers.
 
 Why not threads of gunicorn's master, as before: the master forks a worker
 whenever one must be replaced (a crash, a kill, ``--max-requests``), and a fork
@@ -14,8 +15,8 @@ inherited but the environment, and not multiprocessing, whose bookkeeping the
 forked workers would inherit and trip over at exit) once gunicorn is listening; the master looks at it on every turn of
 its loop and starts it again, at most every ``RESTART_AFTER_SECONDS``, if it
 died; it is stopped with the server. The process itself ends when its parent
-is gone, so a master killed outright leaves no sender behind. Both jobs are
-safe with any number of copies running (the sender's claims, the supply job's
+is gone, so a master killed outright leaves no sender behind. The jobs are
+safe with any number of copies running (the senders' claims, the supply job's
 advisory lock), so a restart overlapping a dying copy does no harm.
 """
 
@@ -51,8 +52,9 @@ def run_jobs(database_url: str, supply_at: time | None, parent_pid: int) -> None
 
 def _exit_now(signum, frame) -> None:
     # The jobs' threads are daemons: they end with the process. Whatever a pass
-    # was doing is safe to cut: its transaction rolls back, and an SMS whose
-    # answer was lost is reconciled by the next pass (ivrs.outbound.notify).
+    # was doing is safe to cut: its transaction rolls back, an SMS whose answer
+    # was lost is reconciled by the next pass (ivrs.outbound.notify), a webhook
+    # left sending goes again (core.event_deliveries).
     raise SystemExit(0)
 
 
