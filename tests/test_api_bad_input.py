@@ -30,12 +30,12 @@ def screened(api):
 BAD_BODIES = [
     ("malformed JSON", '{"factors": {', 400, "malformed_json"),
     ("a list, not an object", "[1, 2]", 422, "invalid_body"),
-    ("a string for a truth value", '{"factors": {"SEX": "F", "AGE": "LT65"}, '
-                                   '"eligibility": {"INC1": "yes"}}', 422, "invalid_input"),
+    ("a string for a truth value", ('{"factors": {"SEX": "F", "AGE": "LT65"}, '
+                                   '"eligibility": {"INC1": "yes"}}'), 422, "invalid_input"),
     ("a number for a level", '{"factors": {"SEX": 1}}', 422, "invalid_input"),
     ("an unknown field", '{"factors": {}, "arm": "A"}', 422, "invalid_input"),
-    ("a level the study lacks", '{"factors": {"SEX": "X", "AGE": "LT65"}, '
-                                '"eligibility": {"INC1": true, "INC2": true, "EXC1": true}}',
+    ("a level the study lacks", ('{"factors": {"SEX": "X", "AGE": "LT65"}, '
+                                '"eligibility": {"INC1": true, "INC2": true, "EXC1": true}}'),
      422, "bad_level"),
     ("deeply nested", "[" * 100000 + "]" * 100000, 400, "malformed_json"),
 ]

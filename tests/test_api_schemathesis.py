@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
+from api_support import make_api
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from api_support import make_api
+from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
 # Every check but one: "schema-valid data is accepted" cannot hold for an API over
 # a study the document does not know. A factor level or a criterion is a string
