@@ -3,8 +3,9 @@ through it, each answer checked against the database the phone uses."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
+from core import append_only
 from core.actors import Actor
 from core.audit import verify
 from core.models import AuditEvent, Kit, Randomization, Shipment, Subject
@@ -227,3 +228,19 @@ def test_eligibility_from_the_phone_refuses_the_edcs_answers(api):
     refused = edc.post(f"/subjects/{subject}/eligibility", {"answers": {"INC1": True}})
     assert refused.status_code == 409 and refused.json["code"] == "eligibility_not_from_edc"
     assert "eligibility" not in edc.get(f"/subjects/{subject}").json
+
+
+def test_the_audit_chain_is_verified_for_the_sponsor_only(api):
+    randomized_subject(api.client("edc-101"))
+    answer = api.client("ctms").get("/audit/verify")
+    assert answer.status_code == 200 and answer.json == {"intact": True}
+    assert api.client("edc-101").get("/audit/verify").status_code == 403
+    with api.db.engine.begin() as conn:  # the tamperer is a DBA: the triggers go first
+        for statement in append_only.drop_statements(api.db.engine.dialect.name):
+            conn.execute(text(statement))
+    with api.db.transaction() as session:  # a row removed from the middle of the chain
+        middle = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)
+                                 .offset(1).limit(1)).one()
+        session.execute(AuditEvent.__table__.delete().where(AuditEvent.id == middle.id))
+    broken = api.client("ctms").get("/audit/verify").json
+    assert broken["intact"] is False and "rows were removed" in broken["problem"]

@@ -119,6 +119,8 @@ def get_report(ctx: Context, *, name: str, query: m.ReportQuery) -> File:
 def get_audit_verify(ctx: Context) -> m.AuditOut:
     """Recomputes the study's whole chain, as `ivrs audit verify` does."""
     ctx.actor.require(SPONSOR_ROLES, "verify the audit trail")
-    with ctx.db.reads() as session:
+    # Not ctx.db.reads(): on PostgreSQL those are autocommit, and the chain is read
+    # through a server-side cursor, which needs a transaction (one snapshot too).
+    with ctx.db.sessions() as session:
         broken = verify(session, study_ref(session, ctx.study).id)
     return m.AuditOut(intact=broken is None, problem=None if broken is None else str(broken))
