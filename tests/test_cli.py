@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
+from studyfiles import MRL_CSV, STUDY_YAML
 
 from core import append_only
 from dialogs.output import Digits, Term
 from ivrs.main import main
-from studyfiles import MRL_CSV, STUDY_YAML
 
 
 @pytest.fixture
@@ -58,11 +59,12 @@ def test_bad_study_file_exits_1_naming_line_and_field(loaded, tmp_path):
 
 
 def test_reports_are_blinded_unless_an_unblinded_user_signs(loaded, db):
+    from studyfiles import DATA
+
     from core.actors import ADMIN
     from core.randomize import randomize
     from core.subjects import screen_subject
     from core.supply.kit_import import import_kits
-    from studyfiles import DATA
 
     import_kits(db, DATA / "kits.csv")  # site 101 must hold kits to randomize (V1)
     subject = screen_subject(db, site_code="101", actor=ADMIN)
@@ -178,3 +180,37 @@ def test_demo_plays_real_calls_and_prints_them_blinded(tmp_path, monkeypatch):
     out = out.replace(answer, "")
     for word in ("Drug X", "Placebo", "KA", "KP", ",arm"):
         assert word not in out, word
+
+
+def test_api_clients_add_list_revoke(loaded, db):
+    from ivrs.app import create_app
+    from ivrs.config import Settings
+    from ivrs.conversations.sessions import MemorySessionStore
+
+    added = loaded("api-clients", "add", "edc-paris", "--role", "site_coordinator",
+                   "--site", "101")
+    assert added.exit_code == 0, added.output
+    token = re.search(r"ivrs_[A-Za-z0-9_-]{40,}", added.output).group(0)
+    listed = loaded("api-clients", "list")
+    assert listed.exit_code == 0 and token not in listed.output  # shown once, never again
+    [row] = list(csv.DictReader(io.StringIO(listed.output)))
+    assert (row["name"], row["role"], row["sites"]) == ("edc-paris", "site_coordinator", "101")
+    assert token.startswith(row["token"].removesuffix("...")) and row["revoked_at"] == ""
+
+    http = create_app(Settings(database_url="unused"), db=db,
+                      store=MemorySessionStore()).test_client()
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert http.get("/api/v1/sites", headers=bearer).status_code == 200
+
+    for bad, says in ((("edc-2", "--role", "admin"), "role must be one of"),
+                      (("edc-2", "--role", "janitor"), "role must be one of"),
+                      (("edc-2", "--role", "investigator", "--site", "999"), "999"),
+                      (("edc-paris", "--role", "investigator"), "edc-paris")):
+        refused = loaded("api-clients", "add", *bad)
+        assert refused.exit_code != 0 and says in refused.output, refused.output
+    assert len(list(csv.DictReader(io.StringIO(loaded("api-clients", "list").output)))) == 1
+
+    revoked = loaded("api-clients", "revoke", "edc-paris", "--reason", "EDC replaced")
+    assert revoked.exit_code == 0, revoked.output
+    assert http.get("/api/v1/sites", headers=bearer).status_code == 401
+    assert loaded("api-clients", "revoke", "nobody").exit_code != 0

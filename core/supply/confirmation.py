@@ -33,17 +33,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.actors import Actor
+from core.actors import SITE_ROLES, Actor
 from core.audit import AuditLog
 from core.clock import as_utc, utcnow
 from core.db import Database
 from core.errors import Refused
-from core.models import Site, Subject
+from core.models import Kit, Site, Subject
 from core.service import service_call
 from core.studies import get_study, study_ref
 from core.supply.kits import apply_move, lock_kits, supply_settings
 from core.supply.lifecycle import ASSIGNED, DISPENSED
-from core.models import Kit
 from core.supply.outbox import notify
 
 REQUEST_KIND = "kit_confirmation"
@@ -146,7 +145,11 @@ def confirm_kit(db: Database, *, kit_number: str, actor: Actor, study: str | Non
       subject of the actor's sites other than those awaiting confirmation;
     - ``kit_already_confirmed`` (``kit``, ``subject``): the actor confirmed it before;
     - ``no_pending_kit``: the actor has nothing to confirm.
+
+    Only the site's people confirm what they handed out (``not_allowed`` for the
+    others, before any kit is looked at).
     """
+    actor.require(SITE_ROLES, "confirm kits")
     kit_number = kit_number.strip()
     with service_call(db, study, f"confirm_kit {kit_number}", idempotency_key, actor) as call:
         session = call.session
