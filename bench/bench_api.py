@@ -106,8 +106,10 @@ from bench_voice import (  # the voice benchmark's server and client plumbing
     check_redis_loopback,
     describe_server,
     fan_out,
+    replace_target_row,
     run_clients,
     server_env,
+    target_status,
 )
 from factories import make_study  # tests/ is on the path (bench_randomize)
 from sqlalchemy import event, func, select
@@ -831,16 +833,7 @@ def target_verdict(args, data: dict) -> tuple[str, str, str] | None:
                      f"and {_ratio(nokey.rate(), base['nokey'].rate()):.2f})")
     if not parts:
         return None
-    throughput_ok = all(t for t, _ in met)
-    p99_ok = all(p for _, p in met)
-    if throughput_ok and p99_ok:
-        status = "met"
-    elif p99_ok:
-        status = "p99 met; **throughput not met**"
-    elif throughput_ok:
-        status = "throughput met; **p99 not met**"
-    else:
-        status = "**not met**"
+    status = target_status(met)
     measured = "; ".join(parts)
     return measured, f"{measured}: {status}", status
 
@@ -850,26 +843,7 @@ def update_target_row(path: Path, measured: str, status: str, clients: int) -> N
     label = (f"API randomize at {clients} concurrent clients (gunicorn + PostgreSQL), read "
              "against the dialog-step target: ≥ 0.5 of static TwiML's throughput, p99 within "
              "4x")
-    row = f"| {label} | {measured} | {status} |"
-    lines = path.read_text().split("\n")
-    start = next((i for i, line in enumerate(lines)
-                  if line.startswith("## Against the project's targets")), None)
-    if start is None:
-        return
-    first = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("|")), None)
-    if first is None:
-        return
-    last = first
-    while last + 1 < len(lines) and lines[last + 1].startswith("|"):
-        last += 1
-    table = range(first, last + 1)
-    existing = next((i for i in table if lines[i].startswith("| API randomize")), None)
-    if existing is not None:
-        lines[existing] = row
-    else:
-        sms = next((i for i in table if lines[i].startswith("| SMS command")), last)
-        lines.insert(sms + 1, row)
-    path.write_text("\n".join(lines))
+    replace_target_row(path, f"| {label} | {measured} | {status} |", "| API randomize", "| SMS command")
 
 
 def place_section(path: Path) -> None:

@@ -91,29 +91,30 @@ from bench_voice import (  # noqa: E402 — the voice benchmark's server and cli
     check_redis_loopback,
     describe_server,
     fan_out,
+    replace_target_row,
     run_clients,
     server_env,
+    target_status,
 )
 from sqlalchemy import event, select  # noqa: E402
 
 from core.actors import ADMIN, Actor  # noqa: E402
 from core.db import Database  # noqa: E402
 from core.login import change_pin  # noqa: E402
-from core.models import Arm, Study, Subject  # noqa: E402
+from core.models import Arm, Kit, KitType, Lot, Study, Subject  # noqa: E402
 from core.randomize import randomize  # noqa: E402
 from core.subjects import screen_subject  # noqa: E402
 from core.supply.kit_import import import_kits  # noqa: E402
-from core.models import Kit, KitType, Lot  # noqa: E402
 from core.users import add_user  # noqa: E402
 from dialogs.output import LanguageName, Say  # noqa: E402
 from ivrs.app import create_app  # noqa: E402
 from ivrs.config import Settings  # noqa: E402
-from ivrs.demo.scenario import STRATA, STUDY_CODE, set_up_demo_study  # noqa: E402
-from ivrs.demo.phone import AppTransport  # noqa: E402
 from ivrs.conversations.sessions import RedisSessionStore  # noqa: E402
+from ivrs.demo.phone import AppTransport  # noqa: E402
+from ivrs.demo.scenario import STRATA, STUDY_CODE, set_up_demo_study  # noqa: E402
+from ivrs.demo.texter import Texter, parse_reply  # noqa: E402
 from ivrs.render.sms_text import for_sms  # noqa: E402
 from ivrs.render.speech import text  # noqa: E402
-from ivrs.demo.texter import Texter, parse_reply  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
@@ -760,16 +761,7 @@ def target_verdict(args, data: dict) -> tuple[str, str, str] | None:
                      f"{result['duplicate'].ms(0.99):.0f} ms")
     if not parts:
         return None
-    throughput_ok = all(t for t, _ in met)
-    p99_ok = all(p for _, p in met)
-    if throughput_ok and p99_ok:
-        status = "met"
-    elif p99_ok:
-        status = "p99 met; **throughput not met**"
-    elif throughput_ok:
-        status = "throughput met; **p99 not met**"
-    else:
-        status = "**not met**"
+    status = target_status(met)
     measured = "; ".join(parts)
     return measured, f"{measured}: {status}", status
 
@@ -779,25 +771,7 @@ def update_target_row(path: Path, measured: str, status: str, senders: int) -> N
     label = (f"SMS command at {senders} concurrent senders (gunicorn + PostgreSQL + Redis), "
              "read against the dialog-step target: ≥ 0.5 of static TwiML's throughput, "
              "p99 within 4x")
-    row = f"| {label} | {measured} | {status} |"
-    lines = path.read_text().split("\n")
-    start = next((i for i, line in enumerate(lines)
-                  if line.startswith("## Against the project's targets")), None)
-    if start is None:
-        return
-    first = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("|")), None)
-    if first is None:
-        return
-    last = first
-    while last + 1 < len(lines) and lines[last + 1].startswith("|"):
-        last += 1
-    existing = next((i for i in range(first, last + 1)
-                     if lines[i].startswith("| SMS command")), None)
-    if existing is None:
-        lines.insert(last + 1, row)
-    else:
-        lines[existing] = row
-    path.write_text("\n".join(lines))
+    replace_target_row(path, f"| {label} | {measured} | {status} |", "| SMS command")
 
 
 # --- main -----------------------------------------------------------------------------------------

@@ -94,12 +94,12 @@ from core.subjects import screen_subject
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
 from core.users import add_user
-from ivrs.conversations import calls as voice_calls
 from ivrs.app import create_app
 from ivrs.config import Settings
-from ivrs.demo.scenario import STUDY_CODE, set_up_demo_study
-from ivrs.demo.phone import AppTransport, Phone
+from ivrs.conversations import calls as voice_calls
 from ivrs.conversations.sessions import MemorySessionStore, RedisSessionStore
+from ivrs.demo.phone import AppTransport, Phone
+from ivrs.demo.scenario import STUDY_CODE, set_up_demo_study
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
@@ -972,22 +972,45 @@ def update_target_row(path: Path, measured: str, status: str, calls: int) -> Non
     """Replace (or add) the dialog-step row of the targets table; other rows stay."""
     label = (f"dialog step at {calls} concurrent calls (gunicorn + PostgreSQL + Redis) ≥ 0.5 "
              "of the throughput of static TwiML from the same server, p99 within 4x")
-    row = f"| {label} | {measured} | {status} |"
+    replace_target_row(path, f"| {label} | {measured} | {status} |", "| dialog step")
+
+
+def replace_target_row(path: Path, row: str, prefix: str, after: str | None = None) -> None:
+    """Put ``row`` in place of the targets table's row starting with ``prefix``; when
+    there is none, after the row starting with ``after`` (or at the table's end).
+    The benchmarks that read their cell against a target share this table."""
     lines = path.read_text().split("\n")
     start = next((i for i, line in enumerate(lines)
                   if line.startswith("## Against the project's targets")), None)
     if start is None:
         return
-    table = [i for i in range(start + 1, len(lines)) if lines[i].startswith("|")]
-    table = [i for i in table if all(lines[j].startswith("|") for j in range(table[0], i + 1))]
-    if not table:
+    first = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("|")), None)
+    if first is None:
         return
-    existing = next((i for i in table if lines[i].startswith("| dialog step")), None)
-    if existing is None:
-        lines.insert(table[-1] + 1, row)
-    else:
+    last = first
+    while last + 1 < len(lines) and lines[last + 1].startswith("|"):
+        last += 1
+    table = range(first, last + 1)
+    existing = next((i for i in table if lines[i].startswith(prefix)), None)
+    if existing is not None:
         lines[existing] = row
+    else:
+        anchor = next((i for i in table if after and lines[i].startswith(after)), last)
+        lines.insert(anchor + 1, row)
     path.write_text("\n".join(lines))
+
+
+def target_status(met: list[tuple[bool, bool]]) -> str:
+    """The targets table's verdict over (throughput met, p99 met) per server."""
+    throughput_ok = all(t for t, _ in met)
+    p99_ok = all(p for _, p in met)
+    if throughput_ok and p99_ok:
+        return "met"
+    if p99_ok:
+        return "p99 met; **throughput not met**"
+    if throughput_ok:
+        return "throughput met; **p99 not met**"
+    return "**not met**"
 
 
 # --- main -----------------------------------------------------------------------------------------
