@@ -79,3 +79,17 @@ def study_for_number(session: Session, dialed: str | None) -> Study:
         if study is not None:
             return study
     return get_study(session)
+
+
+@dataclass(frozen=True)
+class StudyName:
+    code: str
+    name: str
+
+
+def list_studies(db) -> list[StudyName]:
+    """Every study this deployment hosts (a sign-in page asks which one when there
+    are several), in code order."""
+    with db.reads() as session:
+        return [StudyName(code, name) for code, name in session.execute(
+            select(_studies.c.code, _studies.c.name).order_by(_studies.c.code))]

@@ -26,7 +26,7 @@ class Runtime:
 def create_app(settings: Settings | None = None, *, db: Database | None = None,
                store: SessionStore | None = None) -> Flask:
     import webhooks
-    from ivrs import api
+    from ivrs import api, web
 
     settings = settings or Settings.from_env()
     app = Flask("ivrs")
@@ -39,4 +39,6 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         log.error("TWILIO_AUTH_TOKEN is not set: every webhook request will be refused (403)")
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(api.blueprint)
+    web.install(app, environment=settings.environment, public_base_url=settings.public_base_url,
+                exempt=(webhooks.blueprint, api.blueprint))
     return app

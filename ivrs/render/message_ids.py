@@ -162,8 +162,38 @@ def demo_study_terms() -> set[str]:
     return terms
 
 
+WEB = IVRS / "web"
+# In a template: _("web.nav.subjects") or _('web.nav.subjects', count=n).
+_TEMPLATE_ID = re.compile(r"""\b_\(\s*["']([a-z_][a-z0-9_.]*)["']""")
+VISIT_STATUSES = ("done", "missed", "due", "upcoming")
+
+
+def web_ids() -> set[str]:
+    """The web console's ids: those its templates name, every ``web.x.y``
+    literal of its code (page labels, refusals; ``web.x`` is a Flask endpoint),
+    and those built from tables (roles, statuses)."""
+    from core.actors import ROLES
+    from core.supply.lifecycle import STATUSES as KIT_STATUSES
+
+    ids: set[str] = set()
+    for path in WEB.rglob("*.html"):
+        ids |= set(_TEMPLATE_ID.findall(path.read_text(encoding="utf-8")))
+    for path in WEB.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.startswith("web.") and node.value.count(".") >= 2 \
+                    and _ID.match(node.value):  # "web.signin" is an endpoint, not an id
+                ids.add(node.value)
+    ids = {i for i in ids if not i.endswith(".")}
+    ids |= {f"web.role.{role}" for role in ROLES}
+    ids |= {f"web.visit_status.{status}" for status in VISIT_STATUSES}
+    ids |= {f"web.kit_status.{status}" for status in KIT_STATUSES}
+    return ids
+
+
 def all_ids() -> set[str]:
-    return prompt_ids() | (set(notification_ids()) - {NOT_LITERAL}) | demo_study_terms()
+    return (prompt_ids() | (set(notification_ids()) - {NOT_LITERAL}) | demo_study_terms()
+            | web_ids())
 
 
 # --- the babel extraction method -----------------------------------------------------------

@@ -113,6 +113,13 @@ def texts(says: tuple[Say, ...] | list[Say], language: str) -> list[str]:
     return [t for t in (text(say, language) for say in says) if t]
 
 
+def template(message_id: str, language: str, count: Any = None) -> str | None:
+    """The text of a message in ``language`` (English when it lacks one), with its
+    ``{placeholders}`` unfilled; None when no catalog has it. The web console
+    fills the placeholders its own way (written, not spoken)."""
+    return _lookup(message_id, language, count)
+
+
 def _lookup(message_id: str, language: str, count: Any = None) -> str | None:
     for lang in dict.fromkeys((spoken_language(language), SOURCE_LANGUAGE)):
         translations = catalog(lang)
