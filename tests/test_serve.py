@@ -121,6 +121,15 @@ def test_production_without_pin_pepper_is_refused(no_server, database_env, monke
     assert result.exit_code == 2 and "IVRS_PIN_PEPPER" in result.stderr
 
 
+def test_production_without_a_web_secret_is_refused(no_server, database_env, monkeypatch):
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token")
+    monkeypatch.setenv("IVRS_ENV", "production")
+    monkeypatch.setenv("IVRS_PIN_PEPPER", "pepper")
+    monkeypatch.delenv("IVRS_WEB_SECRET_KEY", raising=False)
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 2 and "IVRS_WEB_SECRET_KEY" in result.stderr
+
+
 # --- what reaches gunicorn ------------------------------------------------------------------
 
 

@@ -77,6 +77,10 @@ def check_production_settings(settings) -> None:
     if settings.environment == "production" and not os.environ.get("IVRS_PIN_PEPPER"):
         raise ServeRefused("IVRS_PIN_PEPPER is not set: in production (IVRS_ENV=production) "
                            "no PIN can be checked without it.")
+    if settings.environment == "production" and not os.environ.get("IVRS_WEB_SECRET_KEY"):
+        raise ServeRefused("IVRS_WEB_SECRET_KEY is not set: in production (IVRS_ENV=production) "
+                           "the web console's cookies must be signed with a key of your own "
+                           "(e.g. python -c 'import secrets; print(secrets.token_hex(32))').")
 
 
 def bind_address(host: str, port: int) -> str:
