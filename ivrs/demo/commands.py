@@ -25,13 +25,25 @@ YOU, SAID = "you> ", "ivrs> "
 @click.command()
 @click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
               help="Where to create the demo database (default: ./ivrs-demo).")
-def demo(directory: str | None) -> None:
+@click.option("--serve", "then_serve", is_flag=True,
+              help="Then serve the web console (and the webhooks) on the demo study, "
+                   "printing its address and the demo users' passwords.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="With --serve.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="With --serve.")
+def demo(directory: str | None, then_serve: bool, host: str, port: int) -> None:
     """Create a demo study in a SQLite file and play calls to it, printed as
     conversations, then the blinded reports. At a terminal, offers a call of
-    your own; otherwise scripted, never waiting for input."""
+    your own; otherwise scripted, never waiting for input. With --serve, the
+    web console then runs on the same study until stopped (Ctrl-C)."""
     from ivrs.demo.scenario import run_demo
 
-    run_demo(directory or "ivrs-demo", echo=click.echo)
+    db = run_demo(directory or "ivrs-demo", echo=click.echo,
+                  interactive=False if then_serve else None)
+    if then_serve:
+        from ivrs.demo.console import serve_console
+
+        serve_console(db, host=host, port=port, echo=click.echo)
 
 
 @click.command()

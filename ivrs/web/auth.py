@@ -13,7 +13,7 @@ import segno
 from flask import g, redirect, request, session, url_for
 from markupsafe import Markup
 
-from core import web_login
+from core import web_accounts, web_login
 from core.errors import IvrsError
 from core.studies import list_studies
 from ivrs.web import sessions
@@ -104,7 +104,7 @@ def signin_enrol():
 def invite(token: str):
     """The one-time set-up link of ``ivrs users invite``: choose a password."""
     try:
-        user_code = web_login.invited_user(db(), token=token)
+        user_code = web_accounts.invited_user(db(), token=token)
     except IvrsError as refused:
         return page("invite.html", 404, invalid=refusal_text(refused))
     if request.method == "GET":
@@ -113,7 +113,7 @@ def invite(token: str):
     if password != request.form.get("password_again", ""):
         return page("invite.html", 422, user_code=user_code, error=words("web.invite.mismatch"))
     try:
-        web_login.redeem_invite(db(), token=token, password=password)
+        web_accounts.redeem_invite(db(), token=token, password=password)
     except IvrsError as refused:
         return page("invite.html", 422, user_code=user_code, error=refusal_text(refused))
     return redirect(url_for("web.signin", invited=1))
