@@ -16,8 +16,8 @@ from core.actors import Actor
 from core.db import Database
 from core.errors import IvrsError, Refused
 from core.fields import is_digits
-from core.models import Study, StudyPhoneNumber, User
 from core.lockout import locked, record_failure, record_success
+from core.models import Study, StudyPhoneNumber, User
 from core.pins import check_pin, hash_pin, is_valid_pin
 from core.service import service_call
 from core.studies import study_ref

@@ -50,7 +50,24 @@ def hash_password(password: str) -> str:
 
 
 def check_password(password_hash: str | None, password: str) -> bool:
-    return check_secret(password_hash, normalized(password or ""))
+    """Whether ``password`` is the one hashed. Without a hash (an unknown user,
+    no password set) it checks against a dummy hash and says False, in the time
+    a wrong password takes: timing does not tell which of the two it was."""
+    password = normalized(password or "")
+    if not password_hash:
+        check_secret(_dummy_hash(), password or "-")
+        return False
+    return check_secret(password_hash, password)
+
+
+_DUMMY_HASH: str | None = None
+
+
+def _dummy_hash() -> str:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = hash_secret("not a password anyone has")
+    return _DUMMY_HASH
 
 
 def password_problem(password: str, user_code: str) -> str | None:

@@ -20,9 +20,10 @@ signature typed and then left for an hour signs nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from core.actors import Actor
 from core.clock import utcnow
@@ -92,14 +93,8 @@ def sign_with_password(db: Database, *, password: str, actor: Actor, meaning: st
     the user ID (11.200(a)(1)(i)). The same lockout, the same ``signed`` audit row
     (``components: "password"``), the same ``Signature``. Refused
     ``bad_credentials`` or ``locked``."""
-    def right(user: User) -> bool:
-        if not user.password_hash:
-            check_password(dummy_hash(), password)  # in the time a wrong password takes
-            return False
-        return check_password(user.password_hash, password)
-
     return _signed(db, actor=actor, meaning=meaning, study=study, components="password",
-                   right=right)
+                   right=lambda user: check_password(user.password_hash, password))
 
 
 def _signed(db: Database, *, actor: Actor, meaning: str, study: str | None, components: str,

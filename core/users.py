@@ -14,8 +14,8 @@ from core.actors import ROLES, UNBLINDED_ROLES, Actor
 from core.db import Database
 from core.errors import IvrsError, NotFound, Refused
 from core.fields import email_problem, is_digits
-from core.models import Site, User
 from core.lockout import record_failure, record_success
+from core.models import Site, User
 from core.pins import check_pin, hash_pin, is_valid_pin
 from core.service import service_call
 
