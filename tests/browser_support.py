@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -32,6 +33,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 AXE = Path(__file__).parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
 PASSWORD = "correct horse battery staple"
 TODAY = date(2026, 12, 1)
+TOTP_LABEL = "6-digit code from your authenticator app"
 _SECRET = re.compile(r"^[A-Z2-7]{16,}$")
 
 
@@ -45,9 +47,23 @@ def chromium_or_skip() -> None:
 class Console:
     url: str
     db: object
+    # Each user's TOTP key, read off the enrolment page, and the last time step used:
+    # a code is accepted once (core.web_login refuses a replay).
+    totp_secrets: dict = field(default_factory=dict)
+    last_steps: dict = field(default_factory=dict)
 
-    def sign_in(self, page, user_code: str, *, password: str = PASSWORD,
-                totp_secrets: dict | None = None) -> None:
+    def totp_code(self, user_code: str) -> str:
+        """A code for a time step not used yet: the server accepts the step before,
+        the current one and the next; if those are used up, wait for the next."""
+        while True:
+            now = int(time.time() // 30)
+            step = max(now - 1, self.last_steps.get(user_code, -1) + 1)
+            if step <= now + 1:
+                self.last_steps[user_code] = step
+                return pyotp.TOTP(self.totp_secrets[user_code]).at(step * 30)
+            time.sleep(1)
+
+    def sign_in(self, page, user_code: str, *, password: str = PASSWORD) -> None:
         """Sign in through the pages as a person would; a second factor is enrolled
         the first time (the key read off the enrolment page) and answered after."""
         page.goto(self.url + "/signin")
@@ -57,15 +73,11 @@ class Console:
         if "/signin/enrol" in page.url:
             secret = page.locator("code.secret").inner_text().strip()
             assert _SECRET.match(secret), secret
-            if totp_secrets is not None:
-                totp_secrets[user_code] = secret
-            page.get_by_label("6-digit code from your authenticator app").fill(
-                pyotp.TOTP(secret).now())
+            self.totp_secrets[user_code] = secret
+            page.get_by_label(TOTP_LABEL).fill(self.totp_code(user_code))
             page.get_by_role("button", name="Confirm and sign in").click()
         elif "/signin/totp" in page.url:
-            secret = (totp_secrets or {})[user_code]
-            page.get_by_label("6-digit code from your authenticator app").fill(
-                pyotp.TOTP(secret).now())
+            page.get_by_label(TOTP_LABEL).fill(self.totp_code(user_code))
             page.get_by_role("button", name="Sign in").click()
 
 

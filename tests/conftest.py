@@ -22,7 +22,7 @@ from core.migrate import upgrade
 
 PG_URL = os.environ.get("IVRS_TEST_DATABASE_URL")
 
-pytest_plugins = ["voice", "api_support", "web_support"]
+pytest_plugins = ["voice", "api_support", "web_support", "browser_support"]
 
 _template: str | None = None
 
