@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.actors import Actor
@@ -221,12 +221,7 @@ def list_approvals(session: Session, study_id: int, *, gates: Gates,
                    limit: int = 200) -> list[ApprovalRow]:
     """Requests, newest first (pending ones by default); an actor with sites sees
     their sites' only. Blinded: what a request is about never names an arm."""
-    query = (select(Approval, Site.code).outerjoin(Site, Site.id == Approval.site_id)
-             .where(Approval.study_id == study_id))
-    if status is not None:
-        query = query.where(Approval.status == status)
-    if actor is not None and actor.site_codes is not None:
-        query = query.where(Site.code.in_(actor.site_codes))
+    query = _visible(select(Approval, Site.code), study_id, status, actor)
     rows = []
     for approval, site in session.execute(query.order_by(Approval.id.desc()).limit(limit)):
         rows.append(ApprovalRow(
@@ -235,3 +230,20 @@ def list_approvals(session: Session, study_id: int, *, gates: Gates,
             approval.requested_at, approval.expires_at, approval.decided_by,
             approval.decided_at, approval.decision_reason))
     return rows
+
+
+def count_approvals(session: Session, study_id: int, *, status: str | None = PENDING,
+                    actor: Actor | None = None) -> int:
+    """How many requests ``list_approvals`` would list, without a limit."""
+    return session.scalar(_visible(select(func.count(Approval.id)), study_id, status, actor))
+
+
+def _visible(query, study_id: int, status: str | None, actor: Actor | None):
+    """``query`` limited to the study's requests in ``status`` that ``actor`` may see."""
+    query = (query.select_from(Approval).outerjoin(Site, Site.id == Approval.site_id)
+             .where(Approval.study_id == study_id))
+    if status is not None:
+        query = query.where(Approval.status == status)
+    if actor is not None and actor.site_codes is not None:
+        query = query.where(Site.code.in_(actor.site_codes))
+    return query

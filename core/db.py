@@ -92,5 +92,17 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """Reads that must agree with each other (a dashboard's numbers, a chain
+        check and the head it ends at): on PostgreSQL one read-only REPEATABLE
+        READ transaction, i.e. one snapshot (``reads`` alone gives each statement
+        its own); SQLite's transaction is one snapshot already."""
+        with self.reads() as session:
+            if self.is_postgres:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ",
+                                                      "postgresql_readonly": True})
+            yield session
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -18,26 +18,27 @@ def audit() -> None:
 @study_option
 @handles_errors
 def audit_verify(study: str | None) -> None:
-    """Recompute every hash; exit 1 naming the first broken row."""
-    from sqlalchemy import func, select
+    """Recompute every hash; exit 1 naming the first broken row. The outcome is
+    recorded in the chain (an ``audit_verified`` row: the dashboard's checkpoint)."""
+    from sqlalchemy import select
 
-    from core.audit import verify
-    from core.models import AuditEvent, Study
+    from core.actors import ADMIN
+    from core.audit_checkpoints import record_verification
+    from core.models import Study
 
     db = open_database()
-    broken = False
-    with db.sessions() as session:
-        query = select(Study).order_by(Study.code)
+    with db.reads() as session:
+        query = select(Study.code).order_by(Study.code)
         if study:
             query = query.where(Study.code == study)
-        for study_row in session.execute(query).scalars():
-            problem = verify(session, study_row.id)
-            rows = session.execute(select(func.count()).where(
-                AuditEvent.study_id == study_row.id)).scalar_one()
-            if problem:
-                broken = True
-                click.echo(f"BROKEN {study_row.code}: {problem}")
-            else:
-                click.echo(f"ok {study_row.code}: {rows} audit rows, chain intact")
+        codes = list(session.scalars(query))
+    broken = False
+    for code in codes:
+        found = record_verification(db, actor=ADMIN, study=code)
+        if not found.intact:
+            broken = True
+            click.echo(f"BROKEN {code}: {found.problem}")
+        else:
+            click.echo(f"ok {code}: {found.rows} audit rows, chain intact")
     if broken:
         sys.exit(1)

@@ -2,7 +2,8 @@
 
 ``ivrs supply run`` runs the expiry, resupply and kit-reminder jobs once (and
 expires the approval requests nobody decided in time); a server
-runs the same core jobs every day at ``IVRS_SUPPLY_AT`` (UTC "HH:MM",
+runs the same, plus a recorded full check of each study's audit chain (the
+dashboard's checkpoint, core.audit_checkpoints), core jobs every day at ``IVRS_SUPPLY_AT`` (UTC "HH:MM",
 default 02:00; ``off`` disables it). One thread per server does it, in the
 server's background jobs process (``ivrs.server.jobs``: never once per worker,
 never in gunicorn's forking master); the dev server starts it in its own process.
@@ -46,6 +47,8 @@ from datetime import UTC, datetime, time, timedelta
 
 from sqlalchemy import select, text
 
+from core.actors import ADMIN
+from core.audit_checkpoints import record_verification
 from core.clock import today
 from core.db import Database
 from core.gates import expire_stale
@@ -155,6 +158,8 @@ def _run_study(db, code: str) -> StudyRun:
     shipments = run_resupply(db, study=code, today=day)
     reminders = run_confirmation_reminders(db, study=code)
     expired = expire_stale(db, study=code)
+    # The daily full check of the audit chain, recorded: the dashboard's checkpoint.
+    chain = record_verification(db, actor=ADMIN, study=code)
     # Blinded like ``ivrs supply run``: a shipment's total, never per kit type.
     for shipment in shipments:
         log.info("study %s: shipment %s to site %s (%s): %d kits", code,
@@ -162,6 +167,8 @@ def _run_study(db, code: str) -> StudyRun:
     log.info("study %s, %s: %d kit(s) expired, %d expiry warning(s), %d shipment(s) requested,"
              " %d kit confirmation reminder(s), %d request(s) expired", code, day.isoformat(),
              expiry.expired, expiry.warnings, len(shipments), len(reminders), len(expired))
+    if not chain.intact:
+        log.error("study %s: the audit chain is BROKEN: %s", code, chain.problem)
     return StudyRun(code, expiry.expired, expiry.warnings, len(shipments))
 
 
