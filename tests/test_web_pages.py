@@ -3,6 +3,7 @@ role reads (blinded or not), the language, CSRF, and the idle timeout."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -100,3 +101,29 @@ def test_the_next_address_never_leaves_the_site(web, target):
     browser.get("/subjects")
     answer = browser.post("/language", {"language": "de", "next": target})
     assert answer.headers["Location"] == "/"
+
+
+ROLES = ("site_coordinator", "investigator", "pharmacist", "unblinded_statistician",
+         "project_manager", "depot_manager", "admin")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_dashboard_opens_for_every_role_and_shows_what_its_role_may_see(web, role):
+    randomized_subject(web)
+    browser = web.as_role(role)
+    answer = browser.get("/")
+    assert answer.status_code == 200
+    text = browser.text(answer)
+    assert "Stock at the sites" in text and "<svg" in text
+    assert ("Enrollment by site" in text) == (role != "depot_manager")
+    assert ("Audit trail" in text) == (role in ("project_manager", "unblinded_statistician",
+                                                 "admin"))
+    if role != "unblinded_statistician":
+        assert not re.search(r"\b(KA|KP|LA1|LP1|Drug 10 mg|Placebo)\b", text), role
+
+
+def test_a_site_coordinator_dashboard_counts_only_its_own_site(web):
+    randomized_subject(web)  # at 101
+    randomized_subject(web, site="102", user="5005")
+    text = web.as_role("site_coordinator").text(web.as_role("site_coordinator").get("/"))
+    assert "101 · " in text and "102 · " not in text

@@ -164,7 +164,8 @@ def demo_study_terms() -> set[str]:
 
 WEB = IVRS / "web"
 # In a template: _("web.nav.subjects") or _('web.nav.subjects', count=n).
-_TEMPLATE_ID = re.compile(r"""\b_\(\s*["']([a-z_][a-z0-9_.]*)["']""")
+# (A literal that is only the start of an id, "web.x." ~ code, is not one.)
+_TEMPLATE_ID = re.compile(r"""\b_\(\s*["']([a-z_][a-z0-9_.]*)["']\s*[,)]""")
 VISIT_STATUSES = ("done", "missed", "due", "upcoming")
 
 
@@ -188,6 +189,8 @@ def web_ids() -> set[str]:
     ids |= {f"web.role.{role}" for role in ROLES}
     ids |= {f"web.visit_status.{status}" for status in VISIT_STATUSES}
     ids |= {f"web.kit_status.{status}" for status in KIT_STATUSES}
+    ids |= {f"web.dashboard.period_{period}" for period in ("day", "week")}
+    ids |= {f"web.dashboard.audit.{state}" for state in ("intact", "broken", "unchecked")}
     return ids
 
 

@@ -137,6 +137,7 @@ def _page_context() -> dict[str, Any]:
         "nav": pages_for(web_session.user.role) if web_session else [],
         "local_time": lambda moment, zone=None: local_time(moment, language, zone),
         "format_date": lambda day: written(day, language) if day else "",
+        "fmt": lambda number: written(number, language),
         "has_text": lambda message_id: template(message_id, language) is not None,
     }
 
