@@ -67,10 +67,26 @@ def words(message_id: str, **params: Any) -> str:
     return translate(message_id, g.get("language", "en"), **params)
 
 
+# Refusals that only the console meets (signing in with a password, a TOTP code,
+# an invite link), or whose phone wording ("your PIN") does not fit a page.
+WEB_REFUSALS = {
+    "bad_credentials": "web.refusal.bad_credentials",
+    "weak_password": "web.refusal.weak_password",
+    "bad_totp": "web.refusal.bad_totp",
+    "totp_enrolled_already": "web.refusal.totp_enrolled_already",
+    "totp_not_enrolled": "web.refusal.totp_not_enrolled",
+    "invite_invalid": "web.refusal.invite_invalid",
+    "signature_required": "web.refusal.signature_required",
+    "signature_expired": "web.refusal.signature_expired",
+}
+
+
 def refusal_text(error: IvrsError) -> str:
-    """A core refusal in the reader's words: the phone's message for its code
-    (``error.<code>``), else a general one naming the code (a code is stable
-    and says nothing an arm could be read from)."""
+    """A core refusal in the reader's words: the console's own message for its
+    code, else the phone's (``error.<code>``), else a general one naming the
+    code (a code is stable and says nothing an arm could be read from)."""
+    if error.code in WEB_REFUSALS:
+        return words(WEB_REFUSALS[error.code])
     if error.code and template(f"error.{error.code}", g.language) is not None:
         return words(f"error.{error.code}")
     return words("web.error.refused", code=error.code or "refused")
