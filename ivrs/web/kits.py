@@ -32,7 +32,7 @@ def _filters() -> tuple[str | None, str | None, list[str]]:
 
 def _context(status, location, locations) -> dict:
     shown = TRANSIT if location == supply_records.IN_TRANSIT else location
-    return {"status": status, "location": shown, "locations": locations,
+    return {"chosen_status": status, "location": shown, "locations": locations,
             "statuses": STATUSES, "transit": TRANSIT,
             # kits on their way are not at any of a site role's sites
             "transit_offered": not actor().site_codes}

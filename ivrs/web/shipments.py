@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from datetime import date
 
-from flask import Response, request
+from flask import Response, g, request, session, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from core import records
@@ -34,7 +34,8 @@ from core.supply.shipments import (
     dispatch_shipment,
     request_shipment,
 )
-from ivrs.web.base import actor, blueprint, db, page, user, words
+from ivrs.web import sessions
+from ivrs.web.base import actor, blueprint, db, page, store, user, words
 from ivrs.web.supply_forms import (
     BadFile,
     kit_numbers,
@@ -97,7 +98,7 @@ def _list_page(status_code: int = 200, **extra):
     found = records.shipments_page(db(), actor=actor(), study=user().study, status=status,
                                    after=request.args.get("after") or None, limit=PAGE_SIZE)
     return page("shipments.html", status_code, lines=found.items, next_after=found.next_after,
-                status=status, statuses=list(STATUS_WORDS), zones=_zones(),
+                chosen_status=status, statuses=list(STATUS_WORDS), zones=_zones(),
                 request_sites=_request_sites(), form_key=new_form_key(),
                 quarantine_link=may(actor(), SUPPLY_MANAGER_ROLES), **_words_context(), **extra)
 
@@ -224,12 +225,14 @@ def shipment_receive(number: str):
 
 @blueprint.errorhandler(RequestEntityTooLarge)
 def _too_large(error):
-    # Only the receipt takes a file (``supply_forms.UPLOAD_LIMITS``); its form is
-    # drawn again, empty, since nothing of the refused body was read.
-    number = (request.view_args or {}).get("number")
-    if request.endpoint == "web.shipment_receive" and number:
-        return _detail_page(number, 413, error=words("web.supply.error.file_too_large"))
-    return page("error.html", 413, message=words("web.supply.error.file_too_large"))
+    # Raised by the CSRF check's reading of the form, before the page's sign-in
+    # check has run: nothing of the shipment is shown, only the refusal, in the
+    # session's language, and the way back to the form.
+    signed_in = sessions.current_session(store(), session.get("sid"))
+    g.language = signed_in.language if signed_in else g.get("language", "en")
+    number = str((request.view_args or {}).get("number", ""))
+    return page("upload_refused.html", 413, message=words("web.supply.error.file_too_large"),
+                back=url_for("web.shipment", number=number) if number.isdigit() else None)
 
 
 @blueprint.post("/shipments/<number>/quarantine")
