@@ -19,8 +19,9 @@ import os
 from flask import Flask
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from ivrs.web import auth, dashboard, subjects  # noqa: F401 — they declare the pages
+from ivrs.web import auth, dashboard, kits, shipments, subjects  # noqa: F401 — they declare the pages
 from ivrs.web.base import blueprint, page
+from ivrs.web.supply_forms import limit_uploads
 
 log = logging.getLogger("ivrs.web")
 
@@ -48,6 +49,8 @@ def install(app: Flask, *, environment: str, public_base_url: str | None,
         # The token lives as long as the session (which the idle timeout ends).
         WTF_CSRF_TIME_LIMIT=None,
     )
+    # Before the CSRF check, which reads the form: an upload's own size limit.
+    app.before_request(limit_uploads)
     csrf.init_app(app)
     for door in exempt:
         csrf.exempt(door)

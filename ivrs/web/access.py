@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.actors import ROLES, SITE_ROLES
-from core.records import SUBJECT_READERS
+from core.records import SHIPMENT_READERS, SUBJECT_READERS
+from core.supply.records import KIT_READERS
+from core.supply.shipments import SUPPLY_MANAGER_ROLES
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,11 @@ class Page:
 PAGES: list[Page] = [
     Page("web.dashboard", "web.nav.dashboard", frozenset(ROLES)),
     Page("web.subjects", "web.nav.subjects", SUBJECT_READERS),
+    Page("web.shipments", "web.nav.shipments", SHIPMENT_READERS),
+    # admin: Actor.require lets the administrator do what every service does
+    Page("web.quarantine", "web.nav.quarantine", SUPPLY_MANAGER_ROLES | {"admin"}),
+    Page("web.kits", "web.nav.kits", KIT_READERS),
+    Page("web.lots", "web.nav.lots", KIT_READERS),
 ]
 
 
