@@ -29,9 +29,11 @@ class UserResult:
 
 def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[str],
              phone: str | None, language: str | None, pin: str, actor: Actor,
-             study: str | None = None, email: str | None = None) -> UserResult:
+             study: str | None = None, email: str | None = None,
+             idempotency_key: str | None = None) -> UserResult:
     """``language`` None: the language of the user's first site, else the study's first.
-    ``email``: where notifications go by e-mail too (``core.fields.email_problem``)."""
+    ``email``: where notifications go by e-mail too (``core.fields.email_problem``).
+    ``idempotency_key``: a form submitted twice adds the user once and answers the same."""
     actor.require(frozenset(), "add users")
     if not is_digits(user_code):
         raise IvrsError("a user ID is digits only (it is typed on a keypad)", code="bad_user")
@@ -45,7 +47,9 @@ def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[
         problem = email_problem(email)
         if problem is not None:
             raise IvrsError(f"e-mail {email!r} refused: {problem}", code="bad_email")
-    with service_call(db, study, "add_user", None, actor) as call:
+    with service_call(db, study, f"add_user {user_code}", idempotency_key, actor) as call:
+        if (replay := call.replayed()) is not None:
+            return UserResult(**replay)
         if language is None:
             first_site = call.session.execute(select(Site.language).where(
                 Site.study_id == call.study.id, Site.code == sites[0])).scalar() \
@@ -76,10 +80,13 @@ def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[
 
 
 def set_locked(db: Database, *, user_code: str, locked: bool, actor: Actor, reason: str,
-               study: str | None = None) -> UserResult:
+               study: str | None = None, idempotency_key: str | None = None) -> UserResult:
     actor.require(frozenset(), "lock or unlock users")
-    with service_call(db, study, "lock" if locked else "unlock", None, actor) as call:
+    operation = f"{'lock' if locked else 'unlock'} {user_code}"
+    with service_call(db, study, operation, idempotency_key, actor) as call:
         user = _lock_user(call.session, call.study.id, user_code)
+        if (replay := call.replayed()) is not None:
+            return UserResult(**replay)
         old = {"locked": user.locked, "failed_attempts": user.failed_attempts}
         user.locked, user.failed_attempts = locked, 0
         call.audit.record("user_locked" if locked else "user_unlocked", "user", user_code,
@@ -88,12 +95,14 @@ def set_locked(db: Database, *, user_code: str, locked: bool, actor: Actor, reas
 
 
 def reset_pin(db: Database, *, user_code: str, pin: str, actor: Actor,
-              study: str | None = None) -> UserResult:
+              study: str | None = None, idempotency_key: str | None = None) -> UserResult:
     actor.require(frozenset(), "reset PINs")
     if not is_valid_pin(pin):
         raise IvrsError("a PIN is 4 to 8 digits", code="bad_pin")
-    with service_call(db, study, "reset_pin", None, actor) as call:
+    with service_call(db, study, f"reset_pin {user_code}", idempotency_key, actor) as call:
         user = _lock_user(call.session, call.study.id, user_code)
+        if (replay := call.replayed()) is not None:
+            return UserResult(**replay)
         user.pin_hash, user.pin_temporary = hash_pin(pin), True
         user.failed_attempts, user.locked = 0, False
         call.audit.record("pin_reset", "user", user_code,

@@ -51,17 +51,25 @@ def set_password(db: Database, *, user_code: str, password: str, actor: Actor,
 
 
 def invite(db: Database, *, user_code: str, actor: Actor, study: str | None = None,
-           valid_for: timedelta = INVITE_VALID_FOR) -> str:
+           valid_for: timedelta = INVITE_VALID_FOR, idempotency_key: str | None = None) -> str:
     """A one-time token for the user to set their own password (the web's
     ``/invite/<token>``), valid for ``valid_for``. Only its digest is stored;
-    the user's older unused invites end now."""
+    the user's older unused invites end now.
+
+    ``idempotency_key`` used already (a form sent twice): refused
+    ``invite_shown_already``, and the first link stays the valid one — the
+    token was shown once and is kept nowhere to be shown again."""
     actor.require(frozenset(), "invite users")
     if valid_for <= timedelta(0):
         raise IvrsError("an invite must be valid for some time", code="bad_valid_for")
     user_code = str(user_code).strip()
     token = secrets.token_urlsafe(32)
-    with service_call(db, study, f"invite {user_code}", None, actor) as call:
+    with service_call(db, study, f"invite {user_code}", idempotency_key, actor) as call:
         user = _active_user(call, user_code)
+        if (replay := call.replayed()) is not None:
+            raise Refused(f"this invite was made already (confirmation {replay['confirmation']})"
+                          ": its link was shown once; make a new invite if it is lost",
+                          code="invite_shown_already")
         now = utcnow()
         older = call.session.scalars(select(UserInvite).where(
             UserInvite.user_id == user.id, UserInvite.used_at.is_(None),
@@ -123,17 +131,22 @@ def redeem_invite(db: Database, *, token: str, password: str, study: str | None 
         return user.user_code
 
 
-def reset_totp(db: Database, *, user_code: str, actor: Actor, study: str | None = None) -> None:
-    """Clear the user's TOTP secret (a lost phone): the next sign-in enrols again."""
+def reset_totp(db: Database, *, user_code: str, actor: Actor, study: str | None = None,
+               idempotency_key: str | None = None) -> str:
+    """Clear the user's TOTP secret (a lost phone): the next sign-in enrols again.
+    Returns the confirmation number; with an ``idempotency_key`` used already,
+    nothing is done again and the first confirmation number comes back."""
     actor.require(frozenset(), "reset second factors")
     user_code = str(user_code).strip()
-    with service_call(db, study, f"reset_totp {user_code}", None, actor) as call:
+    with service_call(db, study, f"reset_totp {user_code}", idempotency_key, actor) as call:
         user = _active_user(call, user_code)
+        if (replay := call.replayed()) is not None:
+            return replay["confirmation"]
         was = "enrolled" if user.totp_secret else "none"
         user.totp_secret = user.totp_last_step = None
         call.audit.record("totp_reset", "user", user_code, old={"totp": was},
                           new={"totp": "none"})
-        call.finish({})
+        return call.finish({})["confirmation"]
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -10,7 +10,6 @@ code serves a person trying the system, ``ivrs demo`` and the tests.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import getpass
 import os
 import re
@@ -29,6 +28,7 @@ from core.errors import IvrsError
 from ivrs.cli.common import handles_errors, open_database
 from ivrs.config import Settings
 from ivrs.demo.phone import Heard, Phone, Transport
+from ivrs.render.phone import PIN_PROMPTS, asks_for_pin, waits_for  # noqa: F401 — also named here
 
 SAID = "ivrs> "
 YOU = "you> "
@@ -61,34 +61,6 @@ def parse_presses(text: str) -> list[Press]:
 def spoken_numbers(heard: Heard) -> list[str]:
     """The numbers said digit by digit, in order (subject, kit, confirmation numbers)."""
     return [number.replace(" ", "") for number in _NUMBER.findall(heard.text)]
-
-
-def waits_for(heard: Heard) -> str | None:
-    if heard.ended:
-        return None
-    return "one key" if heard.gather.get("numDigits") == "1" else "digits, then #"
-
-
-# The prompts that ask for a PIN (the user's, a new one, the new one again).
-PIN_PROMPTS = ("login.pin", "pin.new", "pin.again", "unblind.sign_pin")
-
-
-@functools.lru_cache(maxsize=1)
-def _pin_prompt_texts() -> frozenset[str]:
-    """What those prompts say, in every shipped language ("PIN" is not a word of
-    Japanese or Chinese)."""
-    from dialogs.output import Say
-    from ivrs.render.speech import available_languages, text
-
-    return frozenset(text(Say(prompt), language) for prompt in PIN_PROMPTS
-                     for language in available_languages())
-
-
-def asks_for_pin(heard: Heard) -> bool:
-    """A number prompt about a PIN: its keys are neither echoed nor printed. (A
-    menu that merely mentions the PIN waits for one key, not a number.)"""
-    return waits_for(heard) == "digits, then #" and any(
-        prompt in heard.text for prompt in _pin_prompt_texts())
 
 
 class TerminalCall:

@@ -19,7 +19,8 @@ import os
 from flask import Flask
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from ivrs.web import auth, dashboard, kits, shipments, subjects  # noqa: F401 — they declare the pages
+# Each module declares its pages on the blueprint.
+from ivrs.web import auth, dashboard, kits, shipments, softphone, subjects, users  # noqa: F401
 from ivrs.web.base import blueprint, page
 from ivrs.web.supply_forms import limit_uploads
 

@@ -11,6 +11,13 @@ from core.actors import ROLES, SITE_ROLES
 from core.records import SHIPMENT_READERS, SUBJECT_READERS
 from core.supply.records import KIT_READERS
 from core.supply.shipments import SUPPLY_MANAGER_ROLES
+from core.user_directory import USER_ADMINISTRATORS
+
+# The environment (``IVRS_ENV``) where the UAT-only pages exist, and those pages'
+# endpoints (the softphone and the forms it posts).
+UAT = "uat"
+UAT_ONLY = frozenset({"web.softphone", "web.softphone_dial", "web.softphone_press",
+                      "web.softphone_hang_up"})
 
 
 @dataclass(frozen=True)
@@ -18,6 +25,10 @@ class Page:
     endpoint: str  # the Flask endpoint of the page
     label: str  # its message id in the navigation
     roles: frozenset[str]
+
+    @property
+    def uat_only(self) -> bool:  # offered, and answering, only when the server runs in UAT
+        return self.endpoint in UAT_ONLY
 
 
 PAGES: list[Page] = [
@@ -28,14 +39,32 @@ PAGES: list[Page] = [
     Page("web.quarantine", "web.nav.quarantine", SUPPLY_MANAGER_ROLES | {"admin"}),
     Page("web.kits", "web.nav.kits", KIT_READERS),
     Page("web.lots", "web.nav.lots", KIT_READERS),
+    Page("web.users", "web.nav.users", USER_ADMINISTRATORS),
+    # A phone in the browser that acts on the study: for acceptance testing, never production.
+    Page("web.softphone", "web.nav.softphone", frozenset(ROLES)),
 ]
 
 
-def pages_for(role: str) -> list[Page]:
-    return [page for page in PAGES if role in page.roles]
+# The forms and pages behind a page of the navigation, answering the same roles.
+BEHIND: dict[str, frozenset[str]] = {
+    endpoint: USER_ADMINISTRATORS
+    for endpoint in ("web.user_add", "web.user_detail", "web.user_lock", "web.user_unlock",
+                     "web.user_reset_pin", "web.user_invite", "web.user_reset_totp")}
+
+
+def pages_for(role: str, environment: str = UAT) -> list[Page]:
+    return [page for page in PAGES
+            if role in page.roles and (not page.uat_only or environment == UAT)]
+
+
+def exists_in(endpoint: str, environment: str) -> bool:
+    """Whether a route exists in this environment (a UAT-only one is a 404 elsewhere)."""
+    return endpoint not in UAT_ONLY or environment == UAT
 
 
 def may_open(role: str, endpoint: str) -> bool:
+    if endpoint in BEHIND:
+        return role in BEHIND[endpoint]
     for page in PAGES:
         if page.endpoint == endpoint:
             return role in page.roles

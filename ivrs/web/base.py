@@ -23,7 +23,7 @@ from core.errors import IvrsError
 from core.login import may_continue
 from ivrs.render.speech import template
 from ivrs.web import sessions
-from ivrs.web.access import may_open, pages_for
+from ivrs.web.access import exists_in, may_open, pages_for
 from ivrs.web.i18n import (
     best_language,
     language_name,
@@ -104,6 +104,8 @@ def safe_next(target: str | None) -> str | None:
 
 @blueprint.before_request
 def _identify() -> Any:
+    if not exists_in(request.endpoint or "", runtime().settings.environment):
+        abort(404)  # before the sign-in: production does not even say the page needs one
     g.web_session = sessions.current_session(store(), session.get("sid"))
     if g.web_session is not None:
         g.language = g.web_session.language
@@ -150,7 +152,8 @@ def _page_context() -> dict[str, Any]:
         "html_lang": language.replace("_", "-"),
         "languages": [(code, language_name(code)) for code in offered_languages()],
         "signed_in": web_session.user if web_session else None,
-        "nav": pages_for(web_session.user.role) if web_session else [],
+        "nav": pages_for(web_session.user.role, runtime().settings.environment)
+        if web_session else [],
         "local_time": lambda moment, zone=None: local_time(moment, language, zone),
         "format_date": lambda day: written(day, language) if day else "",
         "fmt": lambda number: written(number, language),
