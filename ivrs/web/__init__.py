@@ -19,7 +19,7 @@ import os
 from flask import Flask
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from ivrs.web import auth, dashboard, subjects  # noqa: F401 — they declare the pages
+from ivrs.web import auth, dashboard, dispensing, enrolment, subjects  # noqa: F401 — they declare the pages
 from ivrs.web.base import blueprint, page
 
 log = logging.getLogger("ivrs.web")
