@@ -552,6 +552,24 @@ def test_a_status_change_the_subject_no_longer_takes_is_refused(web):
 # --- who may: every role, own and other site ------------------------------------------------------
 
 
+ACTION_LINK = re.compile(r'href="/subjects/\d+/(randomize|status|dispense|replace)"')
+
+
+@pytest.mark.parametrize("role", sorted(USERS))
+def test_the_subject_page_links_only_the_actions_the_reader_may_take(web, role):
+    site = OWN_SITE.get(role, "101")
+    links = {}
+    for state, make in (("screened", screened), ("randomized", randomized)):
+        number = make(web, site)
+        page = web.as_role(role).get(f"/subjects/{number}")
+        links[state] = set(ACTION_LINK.findall(page.get_data(as_text=True)))
+    expected_screened = {"randomize", "status"} if role in ENROLLING else set()
+    expected_randomized = ({"dispense", "replace"} if role in DISPENSING else set()) | (
+        {"status"} if role in ENROLLING else set())
+    assert links == {"screened": expected_screened, "randomized": expected_randomized}
+
+
+
 @pytest.fixture
 def cohort(web):
     """A screened and a randomized subject at sites 101 and 102."""
@@ -645,6 +663,7 @@ def test_no_page_of_the_flows_shows_an_arm_kit_type_or_lot(web, monkeypatch):
     pages: list[str] = []
 
     def seen(answer):
+        assert answer.status_code in (200, 409), answer.status_code
         pages.append(answer.get_data(as_text=True))
         return answer
 
