@@ -73,8 +73,7 @@ def randomize_subject(number: str):
         return bad_form()
     answers = {code: request.form.get(QUESTION + code) for code in plan.eligibility}
     levels = {f.code: request.form.get(FACTOR + f.code) for f in plan.factors}
-    no = next((code for code, answer in answers.items() if answer == NO), None)
-    if no is not None:
+    if NO in answers.values():
         return _not_eligible(number, plan, answers, key)
     if any(answer != YES for answer in answers.values()) or any(
             levels[f.code] not in f.levels for f in plan.factors):
