@@ -20,7 +20,17 @@ from flask import Flask
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 # Each module declares its pages on the blueprint.
-from ivrs.web import auth, dashboard, kits, shipments, softphone, subjects, users  # noqa: F401
+from ivrs.web import (  # noqa: F401
+    auth,
+    dashboard,
+    dispensing,
+    enrolment,
+    kits,
+    shipments,
+    softphone,
+    subjects,
+    users,
+)
 from ivrs.web.base import blueprint, page
 from ivrs.web.supply_forms import limit_uploads
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from core.actors import ROLES, SITE_ROLES
 from core.records import SHIPMENT_READERS, SUBJECT_READERS
+from core.subjects import ENROLLING_ROLES
+from core.supply.dispensing import DISPENSING_ROLES
 from core.supply.records import KIT_READERS
 from core.supply.shipments import SUPPLY_MANAGER_ROLES
 from core.user_directory import USER_ADMINISTRATORS
@@ -45,11 +47,21 @@ PAGES: list[Page] = [
 ]
 
 
-# The forms and pages behind a page of the navigation, answering the same roles.
+# Pages behind the navigation (forms that act), with the roles they answer. The
+# core refuses any other role itself; this table keeps the others from a
+# half-drawn form, and keeps out the administrator from the site actions: the
+# core lets an administrator do anything (the CLI operator's powers), but that
+# role acts at no site (SPEC §4).
 BEHIND: dict[str, frozenset[str]] = {
-    endpoint: USER_ADMINISTRATORS
-    for endpoint in ("web.user_add", "web.user_detail", "web.user_lock", "web.user_unlock",
-                     "web.user_reset_pin", "web.user_invite", "web.user_reset_totp")}
+    "web.screen": ENROLLING_ROLES,
+    "web.randomize": ENROLLING_ROLES,
+    "web.status_change": ENROLLING_ROLES,
+    "web.dispense": DISPENSING_ROLES,
+    "web.replace": DISPENSING_ROLES,
+    **{endpoint: USER_ADMINISTRATORS
+       for endpoint in ("web.user_add", "web.user_detail", "web.user_lock", "web.user_unlock",
+                        "web.user_reset_pin", "web.user_invite", "web.user_reset_totp")},
+}
 
 
 def pages_for(role: str, environment: str = UAT) -> list[Page]:
