@@ -29,7 +29,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     from ivrs import api, web
 
     settings = settings or Settings.from_env()
-    app = Flask("ivrs")
+    # No application-wide /static: the console's blueprint serves its own files there.
+    app = Flask("ivrs", static_folder=None)
     app.extensions["ivrs"] = Runtime(settings, db or Database(settings.database_url),
                                      store or store_for(settings.redis_url))
     if settings.skip_signatures:

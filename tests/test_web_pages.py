@@ -127,3 +127,17 @@ def test_a_site_coordinator_dashboard_counts_only_its_own_site(web):
     randomized_subject(web, site="102", user="5005")
     text = web.as_role("site_coordinator").text(web.as_role("site_coordinator").get("/"))
     assert "101 · " in text and "102 · " not in text
+
+
+def test_the_console_serves_its_stylesheet(web):
+    answer = web.browser().get("/static/console.css")
+    assert answer.status_code == 200 and b"--accent" in answer.get_data()
+
+
+def test_a_site_role_without_sites_reads_no_site():
+    from ivrs.web.sessions import WebUser
+
+    nobody = WebUser("ABC-301", "5999", "N", "site_coordinator", (), "en").actor
+    assert nobody.site_codes == frozenset() and not nobody.may_act_at("101")
+    manager = WebUser("ABC-301", "5006", "P", "project_manager", (), "en").actor
+    assert manager.site_codes is None

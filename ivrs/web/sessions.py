@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from core.actors import Actor
+from core.actors import SITE_ROLES, Actor
 from core.clock import utcnow
 
 IDLE_TIMEOUT = timedelta(minutes=15)
@@ -45,10 +45,11 @@ class WebUser:
 
     @property
     def actor(self) -> Actor:
-        # Site roles act at their sites; every other role reads every site.
-        return Actor(role=self.role, user_code=self.user_code,
-                     site_codes=frozenset(self.site_codes) if self.site_codes else None,
-                     channel="web")
+        # Site roles act at their sites (none, if they have none); every other role
+        # reads every site.
+        sites = frozenset(self.site_codes) if self.role in SITE_ROLES or self.site_codes \
+            else None
+        return Actor(role=self.role, user_code=self.user_code, site_codes=sites, channel="web")
 
 
 @dataclass
