@@ -121,9 +121,10 @@ ACTIVITY_COLUMNS = ["actor", "user_code", "name", "role", "sites", "active", "lo
                     "sign_ins", "sign_ins_voice", "sign_ins_sms", "failed_pins",
                     "failed_signatures", "lockouts", "signatures", "unblinded_views",
                     "transactions", "audit_rows", "first_activity", "last_activity"]
-# Wrong PINs at sign-in (or before an unblinded view) and at a signature: both
-# count toward the lockout, and the row that locks the user says so.
-PIN_FAILURES = ("pin_failed", "signature_failed")
+# Wrong PINs at sign-in (or before an unblinded view) and at a signature, and
+# on the web a wrong password or TOTP code: all count toward the one lockout
+# (core.lockout), and the row that locks the user says so.
+LOCKOUT_FAILURES = ("pin_failed", "signature_failed", "password_failed", "totp_failed")
 
 
 def _count(condition) -> Any:
@@ -142,7 +143,7 @@ def _activity_by_actor(study: Study, start: date | None, end: date | None):
                _count(and_(signed_in, channel == "sms")).label("sign_ins_sms"),
                _count(action == "pin_failed").label("failed_pins"),
                _count(action == "signature_failed").label("failed_signatures"),
-               _count(and_(action.in_(PIN_FAILURES), event.new["locked"].as_boolean()))
+               _count(and_(action.in_(LOCKOUT_FAILURES), event.new["locked"].as_boolean()))
                .label("locked_out"),
                _count(action == "signed").label("signatures"),
                _count(action == "unblinded_view").label("unblinded_views"),

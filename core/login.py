@@ -16,12 +16,11 @@ from core.actors import Actor
 from core.db import Database
 from core.errors import IvrsError, Refused
 from core.fields import is_digits
+from core.lockout import locked, record_failure, record_success
 from core.models import Study, StudyPhoneNumber, User
 from core.pins import check_pin, hash_pin, is_valid_pin
-from core.security_events import security_event
 from core.service import service_call
 from core.studies import study_ref
-from core.users import MAX_FAILED_ATTEMPTS
 
 # Checked when the user ID is unknown, so that a wrong ID costs the same time
 # as a wrong PIN and timing does not tell which of the two was wrong.
@@ -44,7 +43,7 @@ def sign_in(db: Database, *, user_code: str, pin: str, channel: str,
     """Check a user ID and PIN. Raises ``Refused`` with code ``bad_credentials``
     (never saying which of the two was wrong) or ``locked``. ``request_id`` (the
     CallSid or MessageSid) goes into the security event of a lockout."""
-    failed = locked_now = False
+    failure = None
     with service_call(db, study, "sign_in", None, Actor(role="admin", channel=channel)) as call:
         user = locked_user_row(call.session, call.study.id, user_code)
         if user is None:
@@ -52,28 +51,19 @@ def sign_in(db: Database, *, user_code: str, pin: str, channel: str,
             raise Refused("user ID or PIN not valid", code="bad_credentials")
         call.audit.actor = f"user:{user.user_code}"
         if user.locked:
-            raise Refused(f"user {user.user_code} is locked", code="locked")
+            raise locked(user.user_code)
         if not check_pin(user.pin_hash, pin):
-            user.failed_attempts += 1
-            user.locked = locked_now = user.failed_attempts >= MAX_FAILED_ATTEMPTS
-            call.audit.record("pin_failed", "user", user.user_code, new={
-                "failed_attempts": user.failed_attempts, "locked": user.locked,
-                "channel": channel})
-            call.finish({})
-            failed = True
+            failure = record_failure(call, user, "pin_failed", channel=channel)
         else:
-            user.failed_attempts = 0
+            record_success(user)
             # Signing in is on the record: the user-activity report reads it.
             call.audit.record("signed_in", "user", user.user_code, new={"channel": channel})
             call.finish({})
             login = Login(user_code=user.user_code, role=user.role,
                           site_codes=tuple(site.code for site in user.sites),
                           language=user.language, pin_temporary=user.pin_temporary)
-    if failed:
-        if locked_now:
-            security_event("lockout", channel=channel, user=user_code, request=request_id)
-            raise Refused(f"user {user_code} is locked", code="locked")
-        raise Refused("user ID or PIN not valid", code="bad_credentials")
+    if failure is not None:
+        raise failure.refusal(request_id)
     return login
 
 

@@ -9,6 +9,9 @@ log in at once: m=19 MiB, t=2, p=1 (OWASP's minimum for argon2id) costs about
 17 ms and 19 MiB per check on a 2-core machine, against 116 ms and 64 MiB for
 argon2-cffi's defaults. Parameters are stored in each hash, so raising them
 later rehashes on the next successful login (``needs_rehash``).
+
+Web passwords (``core.passwords``) are hashed the same way, with the same
+pepper: ``hash_secret`` and ``check_secret`` are what both share.
 """
 
 from __future__ import annotations
@@ -46,9 +49,24 @@ def _pepper() -> bytes:
     return DEVELOPMENT_PEPPER.encode("utf-8")
 
 
-def _peppered(pin: str) -> str:
-    mac = hmac.new(_pepper(), pin.encode("utf-8"), hashlib.sha256).digest()
+def _peppered(secret: str) -> str:
+    mac = hmac.new(_pepper(), secret.encode("utf-8"), hashlib.sha256).digest()
     return base64.b64encode(mac).decode("ascii")
+
+
+def hash_secret(secret: str) -> str:
+    """A PIN's or a password's hash: the pepper's HMAC of it, hashed by argon2id.
+    The HMAC also gives argon2 a fixed-length input, however long a password is."""
+    return HASHER.hash(_peppered(secret))
+
+
+def check_secret(secret_hash: str | None, secret: str) -> bool:
+    if not secret_hash or not secret:
+        return False
+    try:
+        return HASHER.verify(secret_hash, _peppered(secret))
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
 
 
 def is_valid_pin(pin: str) -> bool:
@@ -58,16 +76,11 @@ def is_valid_pin(pin: str) -> bool:
 def hash_pin(pin: str) -> str:
     if not is_valid_pin(pin):
         raise ValueError(f"a PIN is {MIN_LENGTH} to {MAX_LENGTH} digits")
-    return HASHER.hash(_peppered(pin))
+    return hash_secret(pin)
 
 
 def check_pin(pin_hash: str | None, pin: str) -> bool:
-    if not pin_hash or not pin:
-        return False
-    try:
-        return HASHER.verify(pin_hash, _peppered(pin))
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
+    return check_secret(pin_hash, pin)
 
 
 def needs_rehash(pin_hash: str) -> bool:

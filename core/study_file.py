@@ -317,6 +317,12 @@ class UnblindingDef(Section):
     expire_hours: PositiveInt = 24
 
 
+class WebDef(Section):
+    # The web console asks every role for a TOTP code after the password
+    # (SPEC §11), the site roles only when the study says so.
+    totp_for_site_roles: bool = False
+
+
 class KitTypeDef(Section):
     code: Code
     arm: Code
@@ -386,6 +392,7 @@ class StudyDefinition(Section):
     randomization: list[EventDef] = Field(min_length=1)
     eligibility: list[Code] = []
     unblinding: UnblindingDef = UnblindingDef()
+    web: WebDef = WebDef()
     kit_types: list[KitTypeDef] = []
     visits: list[VisitDef] = []
     # A cohort with its own schedule (subjects randomized in that cohort follow it).
@@ -421,6 +428,7 @@ class StudyDefinition(Section):
             "supply": self.supply.model_dump(mode="json") if self.supply else None,
             "unblinding": {"approvers": list(self.unblinding.approvers),
                            "expire_hours": self.unblinding.expire_hours},
+            "web": self.web.model_dump(mode="json"),
         }
 
 

@@ -72,10 +72,10 @@ __all__ = ["LoadResult", "load_study", "parse_study_file"]
 
 # Study.config holds these sections of the file, as validated.
 CONFIG_SECTIONS = ("kit_types", "visits", "visits_by_cohort", "supply", "unblinding",
-                   "eligibility_source")
+                   "eligibility_source", "web")
 # What a study loaded before a setting existed has, so that reloading its
 # unchanged file audits no change.
-CONFIG_DEFAULTS = {"eligibility_source": "ivrs"}
+CONFIG_DEFAULTS = {"eligibility_source": "ivrs", "web": {"totp_for_site_roles": False}}
 
 
 @dataclass

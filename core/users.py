@@ -14,11 +14,10 @@ from core.actors import ROLES, UNBLINDED_ROLES, Actor
 from core.db import Database
 from core.errors import IvrsError, NotFound, Refused
 from core.fields import email_problem, is_digits
+from core.lockout import record_failure, record_success
 from core.models import Site, User
 from core.pins import check_pin, hash_pin, is_valid_pin
 from core.service import service_call
-
-MAX_FAILED_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -114,22 +113,16 @@ def authorize_unblinded(db: Database, *, user_code: str, pin: str, purpose: str,
         if user.locked or not user.active:
             raise Refused(f"user {user_code} is locked", code="locked")
         if not check_pin(user.pin_hash, pin):
-            user.failed_attempts += 1
-            user.locked = user.failed_attempts >= MAX_FAILED_ATTEMPTS
-            call.audit.record("pin_failed", "user", user_code,
-                              new={"failed_attempts": user.failed_attempts,
-                                   "locked": user.locked}, reason=purpose)
-            call.finish({})
-            failed = True
+            failure = record_failure(call, user, "pin_failed", channel=None, reason=purpose)
         else:
-            failed = False
+            failure = None
             if user.role not in UNBLINDED_ROLES:
                 raise Refused(f"role {user.role} is blinded", code="blinded_role")
-            user.failed_attempts = 0
+            record_success(user)
             call.audit.record("unblinded_view", "report", purpose, reason=purpose)
             call.finish({})
-    if failed:
-        raise Refused("user ID or PIN not valid", code="bad_credentials")
+    if failure is not None:
+        raise failure.refusal()
     return Actor(role=user.role, user_code=user_code)
 
 

@@ -53,6 +53,7 @@ from core.models.trial import (
     SubjectStatusChange,
     Unblinding,
     User,
+    UserInvite,
     UserSite,
 )
 
@@ -98,6 +99,7 @@ __all__ = [
     "Timestamp",
     "Unblinding",
     "User",
+    "UserInvite",
     "UserSite",
 ]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -190,8 +191,33 @@ class User(Base):
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The web console's sign-in (core.web_login): a password hashed like a PIN,
+    # a TOTP secret once enrolled, and the last TOTP time step accepted, so that
+    # a code seen over someone's shoulder cannot be used a second time.
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
 
     sites: Mapped[list[Site]] = relationship(secondary="user_sites", order_by="Site.code")
+
+
+class UserInvite(Base):
+    """A one-time link to set a password (``ivrs users invite``): the token is
+    shown once and kept as its SHA-256 digest (256 random bits: a fast digest
+    is enough). A new invite ends the user's older unused ones (their
+    ``expires_at`` becomes the moment it was made); ``used_at`` is set when
+    the link is redeemed."""
+
+    __tablename__ = "user_invites"
+    __table_args__ = (UniqueConstraint("token_digest"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_digest: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
 
 
 # --- subjects ----------------------------------------------------------------------

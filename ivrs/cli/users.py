@@ -1,10 +1,16 @@
-"""``ivrs users``: user administration (a PIN set here is temporary)."""
+"""``ivrs users``: user administration (a PIN set here is temporary), and the
+web console's passwords, invites and second factors."""
 
 from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
 
 import click
 
 from core.actors import ADMIN
+from core.errors import IvrsError
 from ivrs.cli.common import handles_errors, open_database, study_option
 
 
@@ -64,3 +70,81 @@ def users_reset_pin(user_id, pin, study) -> None:
 
     reset_pin(open_database(), user_code=user_id, pin=pin, actor=ADMIN, study=study)
     click.echo(f"user {user_id}: PIN reset; it must be changed at the next call")
+
+
+# --- the web console's sign-in (SPEC §11) ---------------------------------------------
+
+
+def _can_prompt() -> bool:
+    """Whether a person is there to type a password: a terminal, and not CI
+    (where a prompt would wait for ever)."""
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        return False
+    return sys.stdin.isatty()
+
+
+def _new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        if not password:
+            raise IvrsError("no password on standard input", code="no_password")
+        return password
+    if not _can_prompt():
+        raise IvrsError("no terminal to ask the password on: give it on standard input "
+                        "with --password-stdin", code="no_terminal")
+    return click.prompt("Password", hide_input=True,
+                        confirmation_prompt="Repeat the password")
+
+
+@users.command("set-password")
+@click.argument("user_id")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of standard input (scripts).")
+@study_option
+@handles_errors
+def users_set_password(user_id, password_stdin, study) -> None:
+    """Set a user's web console password (asked twice, hidden)."""
+    from core.web_login import set_password
+
+    set_password(open_database(), user_code=user_id, password=_new_password(password_stdin),
+                 actor=ADMIN, study=study)
+    click.echo(f"user {user_id}: web password set")
+
+
+@users.command("invite")
+@click.argument("user_id")
+@click.option("--base-url", default=None, metavar="URL",
+              help="The web console's address (default: PUBLIC_BASE_URL).")
+@click.option("--valid-hours", default=72, show_default=True, type=click.IntRange(min=1),
+              help="How long the link works.")
+@study_option
+@handles_errors
+def users_invite(user_id, base_url, valid_hours, study) -> None:
+    """Print a one-time link for the user to set their own web password (it
+    replaces any earlier link of theirs)."""
+    from core.web_login import invite
+
+    token = invite(open_database(), user_code=user_id, actor=ADMIN, study=study,
+                   valid_for=timedelta(hours=valid_hours))
+    base = (base_url or os.environ.get("PUBLIC_BASE_URL") or "").strip().rstrip("/")
+    # Only the link (or token) on standard output, so that a script can take it.
+    if base:
+        click.echo(f"{base}/invite/{token}")
+    else:
+        click.echo(token)
+        click.echo("no --base-url or PUBLIC_BASE_URL: the link is the web console's "
+                   "address followed by /invite/<this token>", err=True)
+    click.echo(f"user {user_id}: one-time link, valid for {valid_hours} hours", err=True)
+
+
+@users.command("reset-totp")
+@click.argument("user_id")
+@study_option
+@handles_errors
+def users_reset_totp(user_id, study) -> None:
+    """Clear a user's TOTP second factor (a lost phone): they enrol again at the
+    next web sign-in."""
+    from core.web_login import reset_totp
+
+    reset_totp(open_database(), user_code=user_id, actor=ADMIN, study=study)
+    click.echo(f"user {user_id}: second factor cleared; enrolled again at the next sign-in")
