@@ -173,6 +173,9 @@ def web_ids() -> set[str]:
     literal of its code (page labels, refusals; ``web.x`` is a Flask endpoint),
     and those built from tables (roles, statuses)."""
     from core.actors import ROLES
+    from core.approvals import STATUSES as APPROVAL_STATUSES
+    from core.gates import GATES
+    from core.report_registry import SPECS
     from core.supply.lifecycle import STATUSES as KIT_STATUSES
 
     ids: set[str] = set()
@@ -188,6 +191,9 @@ def web_ids() -> set[str]:
     ids |= {f"web.role.{role}" for role in ROLES}
     ids |= {f"web.visit_status.{status}" for status in VISIT_STATUSES}
     ids |= {f"web.kit_status.{status}" for status in KIT_STATUSES}
+    ids |= {f"web.approvals.kind.{kind}" for kind in GATES}
+    ids |= {f"web.approvals.status.{status}" for status in APPROVAL_STATUSES}
+    ids |= {f"web.reports.name.{name}" for name in SPECS}
     return ids
 
 

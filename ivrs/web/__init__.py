@@ -19,7 +19,15 @@ import os
 from flask import Flask
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from ivrs.web import auth, dashboard, subjects  # noqa: F401 — they declare the pages
+from ivrs.web import (  # noqa: F401 — they declare the pages
+    approvals,
+    audit,
+    auth,
+    dashboard,
+    reports,
+    subjects,
+    unblinding,
+)
 from ivrs.web.base import blueprint, page
 
 log = logging.getLogger("ivrs.web")

@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.actors import ROLES, SITE_ROLES
+from core.audit_trail import AUDIT_READERS
+from core.gates import APPROVAL_READERS
 from core.records import SUBJECT_READERS
+from core.report_registry import REPORT_READERS
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,9 @@ class Page:
 PAGES: list[Page] = [
     Page("web.dashboard", "web.nav.dashboard", frozenset(ROLES)),
     Page("web.subjects", "web.nav.subjects", SUBJECT_READERS),
+    Page("web.approvals", "web.nav.approvals", APPROVAL_READERS),
+    Page("web.reports", "web.nav.reports", REPORT_READERS),
+    Page("web.audit", "web.nav.audit", AUDIT_READERS),
 ]
 
 
