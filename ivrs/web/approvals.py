@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import request
 
 from core import gates
-from core.approvals import PENDING, STATUSES
+from core.approvals import PENDING, STATUSES, ApprovalRow
 from core.errors import IvrsError
 from ivrs.web.base import actor, blueprint, db, page, refusal_text, user, words
 from ivrs.web.signed import form_key, new_form_key, signed_refusal, signed_step, status_for
@@ -33,16 +33,16 @@ def approvals():
 @blueprint.get("/approvals/<number>")
 def approval(number: str):
     row = _visible(number)
-    if row is None:
-        return page("error.html", 404, message=words("web.approvals.unknown", number=number))
+    if not isinstance(row, ApprovalRow):
+        return row  # the page saying why not
     return _decision_page(row)
 
 
 @blueprint.post("/approvals/<number>/decision")
 def decide(number: str):
     row = _visible(number)
-    if row is None:
-        return page("error.html", 404, message=words("web.approvals.unknown", number=number))
+    if not isinstance(row, ApprovalRow):
+        return row
     decision = request.form.get("decision", "")
     if decision not in DECISIONS:
         return _decision_page(row, 422, error=words("web.approvals.choose"))
@@ -62,9 +62,15 @@ def decide(number: str):
 
 
 def _visible(number: str):
-    """The request as the reader may see it (any status), or None."""
-    rows = gates.visible_approvals(db(), actor=actor(), study=user().study, status=None)
-    return next((row for row in rows if row.number == str(number).strip()), None)
+    """The request as the reader may see it (any status), or the error page."""
+    try:
+        rows = gates.visible_approvals(db(), actor=actor(), study=user().study, status=None)
+    except IvrsError as refused:
+        return page("error.html", status_for(refused), message=refusal_text(refused))
+    found = next((row for row in rows if row.number == str(number).strip()), None)
+    if found is None:
+        return page("error.html", 404, message=words("web.approvals.unknown", number=number))
+    return found
 
 
 def _decidable(rows) -> set[str]:
