@@ -8,7 +8,9 @@ keyboard or system (composed or decomposed accents) is the same password.
 The policy is NIST SP 800-63B §3.1.1.2 (rev. 4 §5.1.1.2): a length floor and
 ceiling and a check against passwords known to be guessed first, and no
 composition rules (no "one digit, one capital"), which make passwords harder
-to remember without making them harder to guess.
+to remember without making them harder to guess. Refused: fewer than 12 or
+more than 128 characters, the user ID (or only the user ID repeated), one to
+four characters repeated, and a short list of the most common passwords.
 """
 
 from __future__ import annotations
@@ -80,10 +82,19 @@ def password_problem(password: str, user_code: str) -> str | None:
     if len(password) > MAX_LENGTH:
         return f"a password is at most {MAX_LENGTH} characters"
     folded = password.casefold()
-    if folded == str(user_code).casefold():
+    user_code = str(user_code or "").strip().casefold()
+    if user_code and not folded.replace(user_code, ""):  # the ID, or the ID again and again
         return "a password must not be the user ID"
-    if len(set(folded)) == 1:
-        return "a password must not be one character repeated"
+    if _repeats_a_short_unit(folded):
+        return "a password must not be one character, or a few, repeated"
     if folded in COMMON_PASSWORDS:
         return "this password is one of the most common ones: choose another"
     return None
+
+
+def _repeats_a_short_unit(text: str, longest: int = 4) -> bool:
+    """Whether ``text`` is one to ``longest`` characters said again and again
+    ("aaaaaaaaaaaa", "abababababab", "123412341234"): NIST's "repetitive
+    characters", which no list of common passwords could hold."""
+    return any(len(text) % size == 0 and text == text[:size] * (len(text) // size)
+               for size in range(1, longest + 1))

@@ -7,7 +7,8 @@ MessageSid), and never a PIN, an arm, a message body or a phone number. The
 events: ``signature_refused`` (a webhook without a valid Twilio signature),
 ``bad_input`` (a field that cannot be Twilio's: which field), ``step_refused``
 (a step token that was never issued), ``unknown_caller`` (an SMS from a number
-no user has), ``lockout`` (a user locked by wrong PINs).
+no user has), ``lockout`` (a user locked by wrong secrets: PINs, web passwords
+or TOTP codes, on any channel, ``core.lockout``).
 """
 
 from __future__ import annotations

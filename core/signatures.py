@@ -94,11 +94,13 @@ def sign_with_password(db: Database, *, password: str, actor: Actor, meaning: st
     (``components: "password"``), the same ``Signature``. Refused
     ``bad_credentials`` or ``locked``."""
     return _signed(db, actor=actor, meaning=meaning, study=study, components="password",
-                   right=lambda user: check_password(user.password_hash, password))
+                   right=lambda user: check_password(user.password_hash, password),
+                   wrong="password not valid")
 
 
 def _signed(db: Database, *, actor: Actor, meaning: str, study: str | None, components: str,
-            right: Callable[[User], bool]) -> Signature:
+            right: Callable[[User], bool], wrong: str = "user ID or PIN not valid"
+            ) -> Signature:
     """A signature by the actor, if ``right`` says that the components typed are
     the actor's (it may refuse outright, counting nothing)."""
     own = actor.user_code
@@ -111,7 +113,7 @@ def _signed(db: Database, *, actor: Actor, meaning: str, study: str | None, comp
             raise locked(own)
         if not right(user):
             failure = record_failure(call, user, "signature_failed", channel=actor.channel,
-                                     reason=meaning)
+                                     reason=meaning, message=wrong)
         else:
             record_success(user)
             signature = Signature(user_code=own, name=user.name, meaning=meaning,

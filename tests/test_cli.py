@@ -214,3 +214,108 @@ def test_api_clients_add_list_revoke(loaded, db):
     assert revoked.exit_code == 0, revoked.output
     assert http.get("/api/v1/sites", headers=bearer).status_code == 401
     assert loaded("api-clients", "revoke", "nobody").exit_code != 0
+
+
+# --- the web console's sign-in: set-password, invite, reset-totp ------------------------
+
+NEW_PASSWORD = "a long passphrase for the web"
+
+
+@pytest.fixture
+def typed(loaded):
+    """Commands given standard input (``loaded`` has the study in the database)."""
+    runner = CliRunner()
+
+    def invoke(*args, input=None, env=None):
+        return runner.invoke(main, list(args), input=input, env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def test_set_password_from_standard_input(typed, db):
+    from core.web_login import sign_in_password
+
+    result = typed("users", "set-password", "5006", "--password-stdin",
+                   input=NEW_PASSWORD + "\n")
+    assert result.exit_code == 0, result.output
+    assert "web password set" in result.output
+    signed = sign_in_password(db, user_code="5006", password=NEW_PASSWORD)
+    assert signed.role == "project_manager" and signed.second_factor == "enrol"
+    with db.sessions() as s:
+        audit = " ".join(str(r) for r in s.execute(text("SELECT old, new FROM audit_events")))
+    assert NEW_PASSWORD not in audit
+
+
+def test_set_password_asks_twice_at_a_terminal(typed, db, monkeypatch):
+    from core.web_login import sign_in_password
+    from ivrs.cli import users
+
+    monkeypatch.setattr(users, "_can_prompt", lambda: True)
+    result = typed("users", "set-password", "5001",
+                   input=f"{NEW_PASSWORD}\nsomething else entirely\n"
+                         f"{NEW_PASSWORD}\n{NEW_PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert "do not match" in result.output and NEW_PASSWORD not in result.output
+    assert sign_in_password(db, user_code="5001", password=NEW_PASSWORD).second_factor == "none"
+
+
+@pytest.mark.parametrize("env", [{"CI": "true"}, {"CI": ""}])
+def test_set_password_without_a_terminal_fails_instead_of_waiting(typed, env):
+    # CliRunner's standard input is no terminal; CI=true refuses even at one
+    result = typed("users", "set-password", "5001", input="", env=env)
+    assert result.exit_code == 1
+    assert "--password-stdin" in result.output
+
+
+def test_set_password_refusals(typed):
+    weak = typed("users", "set-password", "5001", "--password-stdin", input="short\n")
+    assert weak.exit_code == 1 and "at least 12" in weak.output
+    empty = typed("users", "set-password", "5001", "--password-stdin", input="")
+    assert empty.exit_code == 1 and "no password" in empty.output
+    unknown = typed("users", "set-password", "4242", "--password-stdin",
+                    input=NEW_PASSWORD + "\n")
+    assert unknown.exit_code == 1 and "no user 4242" in unknown.output
+
+
+def test_invite_prints_a_one_time_link(typed, db):
+    from core.web_login import invited_user, redeem_invite
+
+    result = typed("users", "invite", "5006", "--base-url", "https://ivrs.example.org/")
+    assert result.exit_code == 0, result.output
+    link = result.stdout.strip()
+    assert re.fullmatch(r"https://ivrs\.example\.org/invite/[A-Za-z0-9_-]{43}", link), link
+    token = link.rsplit("/", 1)[1]
+    assert invited_user(db, token=token) == "5006"
+    assert redeem_invite(db, token=token, password=NEW_PASSWORD) == "5006"
+
+    from_env = typed("users", "invite", "5006",
+                     env={"PUBLIC_BASE_URL": "https://console.example.org"})
+    assert from_env.stdout.startswith("https://console.example.org/invite/")
+
+
+def test_invite_without_a_base_url_prints_the_token_and_the_path(typed, db, monkeypatch):
+    from core.web_login import invited_user
+
+    monkeypatch.delenv("PUBLIC_BASE_URL", raising=False)
+    result = typed("users", "invite", "5001")
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert "/invite/" in result.stderr and "/invite/" not in token
+    assert invited_user(db, token=token) == "5001"
+    assert typed("users", "invite", "4242").exit_code == 1
+
+
+def test_reset_totp_clears_the_second_factor(typed, db):
+    import pyotp
+
+    from core.actors import ADMIN
+    from core.web_login import enrol_totp, new_totp_secret, set_password, sign_in_password
+
+    set_password(db, user_code="5006", password=NEW_PASSWORD, actor=ADMIN)
+    secret = new_totp_secret()
+    enrol_totp(db, user_code="5006", secret=secret, code=pyotp.TOTP(secret).now())
+    assert sign_in_password(db, user_code="5006", password=NEW_PASSWORD).second_factor == "verify"
+    result = typed("users", "reset-totp", "5006")
+    assert result.exit_code == 0 and "second factor cleared" in result.output
+    assert sign_in_password(db, user_code="5006", password=NEW_PASSWORD).second_factor == "enrol"
+    assert typed("users", "reset-totp", "4242").exit_code == 1

@@ -420,6 +420,14 @@ BAD_FILES = {
     "trigger not below target": (
         [("{trigger: 2, target: 6}", "{trigger: 6, target: 6}")],
         "supply.default_resupply.trigger", "default_resupply", "below target"),
+    "web option not a boolean": (
+        [("unblinding: {mode: investigator}\n",
+          "unblinding: {mode: investigator}\nweb: {totp_for_site_roles: sometimes}\n")],
+        "web.totp_for_site_roles", "web:", "valid boolean"),
+    "unknown web option": (
+        [("unblinding: {mode: investigator}\n",
+          "unblinding: {mode: investigator}\nweb: {totp: true}\n")],
+        "web.totp", "web:", "unknown key 'totp'"),
     "unknown locale format": (
         [("languages: [en, fr, es, de, ja]", "languages: [en, french, es, de, ja]")],
         "study.languages[1]", "languages:", "'french' is not a locale code"),
@@ -565,3 +573,26 @@ def test_the_method_of_an_event_in_use_is_frozen(loaded, tmp_path):
     # The ratio is still changeable, and audited.
     result = load_study(loaded, write_study(tmp_path, ("{A: 2, P: 1}", "{A: 3, P: 1}")))
     assert result.changes == ['ratio_changed R1: ratio {"A": 2, "P": 1} → {"A": 3, "P": 1}']
+
+
+def test_the_web_option_is_stored_and_a_change_audited(loaded, tmp_path):
+    from core.web_login import study_options, totp_required
+
+    assert study_options(loaded)["web"] == {"totp_for_site_roles": False}
+    assert not totp_required("investigator", study_options(loaded))
+    result = load_study(loaded, write_study(tmp_path, (
+        "unblinding: {mode: investigator}\n",
+        "unblinding: {mode: investigator}\nweb: {totp_for_site_roles: true}\n")))
+    row = audit_rows(loaded)[-1]
+    assert (row.action, row.old, row.new) == ("study_updated",
+                                              {"web": {"totp_for_site_roles": False}},
+                                              {"web": {"totp_for_site_roles": True}})
+    assert len(result.changes) == 1
+    assert totp_required("investigator", study_options(loaded))
+
+
+def test_a_study_loaded_before_the_web_option_reloads_without_changes(loaded):
+    with loaded.transaction() as session:  # as a study loaded by an older release has it
+        study = session.scalars(select(Study)).one()
+        study.config = {name: value for name, value in study.config.items() if name != "web"}
+    assert load_study(loaded, STUDY_YAML).changes == []

@@ -85,7 +85,7 @@ def _can_prompt() -> bool:
 
 def _new_password(from_stdin: bool) -> str:
     if from_stdin:
-        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise IvrsError("no password on standard input", code="no_password")
         return password
