@@ -73,6 +73,8 @@ REPORTS: dict[str, Callable[..., Report]] = {name: spec.build for name, spec in 
 # sites; the depot its inventories and shipments.
 DEPOT_REPORTS = frozenset({"kits", "depot-inventory", "shipments", "site-inventory"})
 SPONSOR_ROLES = frozenset({"project_manager", "unblinded_statistician", "admin"})
+# Every role that reads some report (report_access decides which, and for which site).
+REPORT_READERS = SPONSOR_ROLES | {"depot_manager"} | SITE_ROLES
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,20 @@ def report_access(actor: Actor, name: str, site: str | None) -> ReportAccess:
             actor.require_site(site)
     elif actor.role == "depot_manager" and name not in DEPOT_REPORTS:
         raise Refused(f"role depot_manager may not read report {name}", code="not_allowed")
-    elif actor.role not in SPONSOR_ROLES | {"depot_manager"}:
+    elif actor.role not in REPORT_READERS:
         raise Refused(f"role {actor.role} may not read reports", code="not_allowed")
     return ReportAccess(spec, actor.blinded, site)
+
+
+def readable_reports(actor: Actor) -> list[str]:
+    """The reports ``actor`` may read, in ``SPECS`` order: those ``report_access``
+    grants, or grants once one of the actor's sites is named."""
+    names = []
+    for name in SPECS:
+        try:
+            report_access(actor, name, None)
+        except Refused as refusal:
+            if refusal.code != "site_required":
+                continue
+        names.append(name)
+    return names

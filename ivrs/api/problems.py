@@ -15,7 +15,8 @@ import json
 from flask import Response
 
 from core.audit import UNBLINDED_KEYS
-from core.errors import IvrsError, NotFound, Refused
+from core.errors import IvrsError
+from ivrs.render.refusal_status import status_for  # one choice of status for every door
 
 PROBLEM = "application/problem+json"
 TYPE_PREFIX = "urn:ivrs:problem:"
@@ -24,21 +25,7 @@ TITLES = {400: "Bad request", 401: "Not authenticated", 403: "Not allowed", 404:
           405: "Method not allowed", 409: "Conflict with the trial's state",
           413: "Request body too large", 415: "Unsupported media type",
           422: "Invalid input", 500: "Internal error"}
-# Refusals that are about who asks, not what state things are in.
-FORBIDDEN_CODES = frozenset({"not_allowed", "wrong_site", "signature_required", "blinded_role",
-                             "bad_credentials", "locked", "pin_temporary"})
-CONFLICT_CODES = frozenset({"key_reused"})
 BLINDED_OUT = UNBLINDED_KEYS | {"lot", "lots", "kit_types"}
-
-
-def status_for(error: IvrsError) -> int:
-    if error.code in FORBIDDEN_CODES:
-        return 403
-    if isinstance(error, NotFound) or error.code.startswith("unknown_"):
-        return 404
-    if isinstance(error, Refused) or error.code in CONFLICT_CODES:
-        return 409
-    return 422
 
 
 def _jsonable(value):

@@ -174,6 +174,9 @@ def web_ids() -> set[str]:
     literal of its code (page labels, refusals; ``web.x`` is a Flask endpoint),
     and those built from tables (roles, statuses)."""
     from core.actors import ROLES
+    from core.approvals import STATUSES as APPROVAL_STATUSES
+    from core.gates import GATES
+    from core.report_registry import SPECS
     from core.supply.lifecycle import STATUSES as KIT_STATUSES
 
     ids: set[str] = set()
@@ -191,6 +194,9 @@ def web_ids() -> set[str]:
     ids |= {f"web.kit_status.{status}" for status in KIT_STATUSES}
     ids |= {f"web.dashboard.period_{period}" for period in ("day", "week")}
     ids |= {f"web.dashboard.audit.{state}" for state in ("intact", "broken", "unchecked")}
+    ids |= {f"web.approvals.kind.{kind}" for kind in GATES}
+    ids |= {f"web.approvals.status.{status}" for status in APPROVAL_STATUSES}
+    ids |= {f"web.reports.name.{name}" for name in SPECS}
     return ids
 
 

@@ -21,14 +21,18 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 # Each module declares its pages on the blueprint.
 from ivrs.web import (  # noqa: F401
+    approvals,
+    audit,
     auth,
     dashboard,
     dispensing,
     enrolment,
     kits,
+    reports,
     shipments,
     softphone,
     subjects,
+    unblinding,
     users,
 )
 from ivrs.web.base import blueprint, page

@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.actors import ROLES, SITE_ROLES
+from core.audit_trail import AUDIT_READERS
+from core.gates import APPROVAL_READERS
 from core.records import SHIPMENT_READERS, SUBJECT_READERS
+from core.report_registry import REPORT_READERS
 from core.subjects import ENROLLING_ROLES
 from core.supply.dispensing import DISPENSING_ROLES
 from core.supply.records import KIT_READERS
@@ -36,11 +39,14 @@ class Page:
 PAGES: list[Page] = [
     Page("web.dashboard", "web.nav.dashboard", frozenset(ROLES)),
     Page("web.subjects", "web.nav.subjects", SUBJECT_READERS),
+    Page("web.approvals", "web.nav.approvals", APPROVAL_READERS),
     Page("web.shipments", "web.nav.shipments", SHIPMENT_READERS),
     # admin: Actor.require lets the administrator do what every service does
     Page("web.quarantine", "web.nav.quarantine", SUPPLY_MANAGER_ROLES | {"admin"}),
     Page("web.kits", "web.nav.kits", KIT_READERS),
     Page("web.lots", "web.nav.lots", KIT_READERS),
+    Page("web.reports", "web.nav.reports", REPORT_READERS),
+    Page("web.audit", "web.nav.audit", AUDIT_READERS),
     Page("web.users", "web.nav.users", USER_ADMINISTRATORS),
     # A phone in the browser that acts on the study: for acceptance testing, never production.
     Page("web.softphone", "web.nav.softphone", frozenset(ROLES)),
