@@ -95,6 +95,13 @@ def main() -> None:
                     page.locator("header form.inline button").first.click()
                     for path, name in pages:
                         page.goto(url + path)
+                        if name == "softphone":  # a call under way: the user ID typed
+                            page.wait_for_load_state("load")  # the keypad's script too
+                            page.get_by_role("button", name="Call", exact=True).click()
+                            page.get_by_text("Enter your user ID").wait_for()
+                            page.get_by_label("Keys to send").fill("5001#")
+                            page.get_by_role("button", name="Send", exact=True).click()
+                            page.get_by_text("PIN").last.wait_for()
                         page.screenshot(path=str(out / f"{name}.png"), full_page=False)
                         print(f"{out / (name + '.png')}")
                     context.close()
