@@ -427,3 +427,27 @@ def test_what_is_remembered_is_per_database(db, day, tmp_path):
         assert dashboard(db, actor=MANAGER).audit.status == "intact"
     finally:
         cleanup()
+
+
+def test_stock_read_for_some_sites_is_the_whole_studys_for_those(db, day, monkeypatch):
+    """site_stock(site_ids=...) (the dashboard's: the reader's sites) reads fewer kits
+    with other queries, a UNION for a few sites and one scan for many; the numbers
+    are the whole study's for those sites."""
+    from core.clock import utcnow
+    from core.models import Study
+    from core.supply import overview
+
+    with db.snapshot() as session:
+        study = session.scalars(select(Study)).one()
+        ids = list(session.scalars(select(Site.id).order_by(Site.code)))
+        now = utcnow()
+        for few in (10, 0):  # the UNION, then the scan
+            monkeypatch.setattr(overview, "FEW_SITES", few)
+            for by_kit_type in (False, True):
+                whole = overview.site_stock(session, study, by_kit_type=by_kit_type, now=now)
+                assert whole
+                for subset in (ids, ids[:1], ids[1:]):
+                    part = overview.site_stock(session, study, by_kit_type=by_kit_type,
+                                               now=now, site_ids=subset)
+                    assert part == {key: numbers for key, numbers in whole.items()
+                                    if key[0] in subset}
