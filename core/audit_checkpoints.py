@@ -24,14 +24,33 @@ What this can miss, and says: a row at or before the checkpoint changed *after*
 the checkpoint was taken is found by the next full verification, not here;
 ``fully_checked_at`` tells the reader how old that assurance is. It never says
 intact where the full verification it relies on found a break.
+
+**Rows already checked on an earlier page** (PostgreSQL): recomputing the
+rows after the checkpoint in Python is most of a dashboard's cost, and on
+most requests they are the rows the previous request recomputed. So each
+process remembers, per database and study, the last tail it found intact:
+the checkpoint it started from, the head it ended at (seq, hash) and a
+fingerprint of those rows as stored (SHA-256 over each row's whole text, in
+seq order, computed by PostgreSQL in one statement, no row sent). A later
+call recomputes only the rows after that head, linked to its hash, and uses
+the remembered part only when its fingerprint, taken now in the same
+snapshot, is unchanged, so a row after the checkpoint that is altered,
+removed or inserted since is still found on the very next call (the
+fingerprint differs, the whole tail is recomputed as before). The memory is
+consulted only after the newest checkpoint has been read and found intact
+and the tail found short enough, so it cannot turn **broken** or
+**unchecked** into **intact**; only intact results are remembered. SQLite
+has no such fingerprint: there the tail is recomputed on every call.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from core.actors import Actor
@@ -44,6 +63,7 @@ from core.studies import study_ref
 
 VERIFIED = "audit_verified"
 MAX_ROWS_CHECKED_NOW = 1_000
+STUDIES_REMEMBERED = 32  # per database, in this process
 INTACT, BROKEN, UNCHECKED = "intact", "broken", "unchecked"
 
 
@@ -92,9 +112,9 @@ def chain_state(session: Session, study_id: int, *,
                 max_rows: int = MAX_ROWS_CHECKED_NOW) -> ChainState:
     """The chain's state from its newest checkpoint (see the module's docstring).
     Read it in one snapshot (``Database.snapshot``)."""
-    rows, _ = _head(session, study_id)
+    rows, head_hash = _head(session, study_id)
     checkpoint = session.execute(
-        select(AuditEvent.at, AuditEvent.new)
+        select(AuditEvent.seq, AuditEvent.at, AuditEvent.new)
         .where(AuditEvent.study_id == study_id, AuditEvent.action == VERIFIED)
         .order_by(AuditEvent.seq.desc()).limit(1)).first()
     if checkpoint is None:
@@ -109,9 +129,91 @@ def chain_state(session: Session, study_id: int, *,
         return ChainState(BROKEN, rows, at, through, None, found.get("problem"))
     if rows - through > max_rows:
         return ChainState(UNCHECKED, rows, at, through, None, None)
-    problem = verify(session, study_id, after=(through, found.get("through_hash", GENESIS)))
+    through_hash = found.get("through_hash", GENESIS)
+    problem = _verify_tail(session, study_id, (checkpoint.seq, through, through_hash),
+                           (rows, head_hash))
     return ChainState(INTACT if problem is None else BROKEN, rows, at, through, rows,
                       None if problem is None else str(problem))
+
+
+# --- the rows after the checkpoint, remembered --------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A tail found intact: from the checkpoint (its row's seq, and the seq and
+    hash it covered) to a head (seq, hash), the rows' fingerprint as stored."""
+
+    checkpoint: tuple[int, int, str]
+    seq: int
+    hash: str
+    fingerprint: str
+
+
+_checked: weakref.WeakKeyDictionary[Engine, dict[int, _Checked]] = weakref.WeakKeyDictionary()
+_checked_lock = threading.Lock()
+
+
+def _verify_tail(session: Session, study_id: int, checkpoint: tuple[int, int, str],
+                 head: tuple[int, str]):
+    """``verify`` of the rows after the checkpoint, recomputing only those after
+    the tail found intact last time when that tail is unchanged."""
+    _, through, through_hash = checkpoint
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return verify(session, study_id, after=(through, through_hash))
+    engine = getattr(bind, "engine", bind)
+    with _checked_lock:
+        known = _checked.get(engine, {}).get(study_id)
+    if known is not None and (known.checkpoint != checkpoint or known.seq > head[0]):
+        known = None  # another checkpoint since, or a head behind the one we saw
+    fingerprint, known_fingerprint, beyond = _fingerprints(
+        session, study_id, through, head[0], known.seq if known is not None else None)
+    if known is not None and known_fingerprint == known.fingerprint:
+        if (known.seq, known.hash) == head and not beyond:
+            return None  # nothing after the rows found intact, which are as they were
+        problem = verify(session, study_id, after=(known.seq, known.hash))
+    else:
+        problem = verify(session, study_id, after=(through, through_hash))
+    if problem is None:
+        _remember(engine, study_id, _Checked(checkpoint, head[0], head[1], fingerprint))
+    return problem
+
+
+# Each row's whole text (as PostgreSQL writes the row) hashed, the hashes joined in
+# seq order and hashed: over the rows after the checkpoint up to the head, and up
+# to the head found intact last time; and the rows past the head (there are none).
+_FINGERPRINTS = text(
+    "SELECT encode(sha256(convert_to(coalesce(string_agg(digest, '' ORDER BY seq)"
+    " FILTER (WHERE seq <= :head), ''), 'UTF8')), 'hex'),"
+    " encode(sha256(convert_to(coalesce(string_agg(digest, '' ORDER BY seq)"
+    " FILTER (WHERE seq <= :known), ''), 'UTF8')), 'hex'),"
+    " count(*) FILTER (WHERE seq > :head)"
+    " FROM (SELECT seq, encode(sha256(convert_to(audit_events::text, 'UTF8')), 'hex') AS digest"
+    " FROM audit_events WHERE study_id = :study AND seq > :through) AS tail")
+
+
+def _fingerprints(session: Session, study_id: int, through: int, head_seq: int,
+                  known_seq: int | None) -> tuple[str, str | None, int]:
+    full, known, beyond = session.execute(_FINGERPRINTS, {
+        "study": study_id, "through": through, "head": head_seq,
+        "known": -1 if known_seq is None else known_seq}).one()
+    return full, None if known_seq is None else known, int(beyond)
+
+
+def _remember(engine: Engine, study_id: int, checked: _Checked) -> None:
+    with _checked_lock:
+        studies = _checked.setdefault(engine, {})
+        studies.pop(study_id, None)
+        if len(studies) >= STUDIES_REMEMBERED:
+            studies.pop(next(iter(studies)))  # the least recently remembered
+        studies[study_id] = checked
+
+
+def forget_checked_tails() -> None:
+    """Drop what this process remembers (tests; nothing else needs it)."""
+    with _checked_lock:
+        _checked.clear()
 
 
 def _head(session: Session, study_id: int) -> tuple[int, str]:

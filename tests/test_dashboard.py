@@ -331,3 +331,123 @@ def test_roles_that_do_not_verify_the_chain_get_no_audit_state(db, day):
     assert dashboard(db, actor=AT_102).audit is None
     assert dashboard(db, actor=DEPOT).audit is None
     assert dashboard(db, actor=STATISTICIAN).audit is not None
+
+
+# --- the audit chain: the rows already checked, remembered by the process ------------------
+
+
+def _verified_from(monkeypatch) -> list:
+    """The ``after`` of every verification chain_state makes from now on."""
+    import core.audit_checkpoints as checkpoints
+
+    calls = []
+    real = checkpoints.verify
+
+    def spy(session, study_id, *, after=(0, checkpoints.GENESIS)):
+        calls.append(after[0])
+        return real(session, study_id, after=after)
+
+    monkeypatch.setattr(checkpoints, "verify", spy)
+    return calls
+
+
+def test_rows_checked_on_an_earlier_page_are_not_recomputed(db, day, monkeypatch):
+    found = record_verification(db, actor=ADMIN)
+    calls = _verified_from(monkeypatch)
+    first = dashboard(db, actor=MANAGER).audit
+    assert first.status == "intact" and calls == [found.rows]  # from the checkpoint
+    again = dashboard(db, actor=MANAGER).audit
+    assert again == first
+    screen_subject(db, site_code="101", actor=AT_101)
+    after = dashboard(db, actor=MANAGER).audit
+    assert after.status == "intact" and after.rows > first.rows
+    assert after.fully_checked_at == first.fully_checked_at
+    assert after.fully_checked_through == found.rows
+    if db.is_postgres:  # nothing recomputed the second time; then only the new rows
+        assert calls == [found.rows, first.rows]
+    else:  # SQLite has no fingerprint of the rows: the tail is recomputed every time
+        assert calls == [found.rows] * 3
+
+
+def test_a_row_changed_after_it_was_checked_on_a_page_is_found_on_the_next(db, day):
+    record_verification(db, actor=ADMIN)
+    for _ in range(3):
+        screen_subject(db, site_code="101", actor=AT_101)
+    state = dashboard(db, actor=MANAGER).audit
+    assert state.status == "intact"
+    middle = (state.fully_checked_through + state.rows) // 2  # not the last row
+    assert state.fully_checked_through < middle < state.rows
+    _tamper(db, middle)
+    broken = dashboard(db, actor=MANAGER).audit
+    assert broken.status == "broken" and f"seq {middle}" in broken.problem
+    screen_subject(db, site_code="101", actor=AT_101)  # and stays broken as rows come
+    assert dashboard(db, actor=MANAGER).audit.status == "broken"
+
+
+def test_a_row_removed_after_it_was_checked_on_a_page_is_found_on_the_next(db, day):
+    record_verification(db, actor=ADMIN)
+    for _ in range(2):
+        screen_subject(db, site_code="101", actor=AT_101)
+    state = dashboard(db, actor=MANAGER).audit
+    assert state.status == "intact"
+    with db.engine.begin() as conn:
+        for statement in append_only.drop_statements(db.engine.dialect.name):
+            conn.execute(text(statement))
+        conn.execute(text("DELETE FROM audit_events WHERE seq = :s"),
+                     {"s": state.fully_checked_through + 2})
+    assert dashboard(db, actor=MANAGER).audit.status == "broken"
+
+
+def test_a_full_check_that_found_a_break_shows_broken_after_intact_pages(db, day):
+    record_verification(db, actor=ADMIN)
+    assert dashboard(db, actor=MANAGER).audit.status == "intact"
+    _tamper(db, 2)  # before the checkpoint: the remembered tail is after it
+    assert dashboard(db, actor=MANAGER).audit.status == "intact"
+    found = record_verification(db, actor=ADMIN)
+    assert not found.intact
+    state = dashboard(db, actor=MANAGER).audit
+    assert state.status == "broken" and "seq 2" in state.problem
+    assert state.fully_checked_through == found.rows
+
+
+def test_what_is_remembered_is_per_database(db, day, tmp_path):
+    """Two databases with the same study id: one's remembered tail is not the other's."""
+    from conftest import fresh_database
+
+    record_verification(db, actor=ADMIN)
+    assert dashboard(db, actor=MANAGER).audit.status == "intact"
+    (tmp_path / "other").mkdir()
+    other, cleanup = fresh_database(tmp_path / "other")
+    try:
+        load_day(other, tmp_path / "other")
+        record_verification(other, actor=ADMIN)
+        screen_subject(other, site_code="101", actor=AT_101)
+        _tamper(other, dashboard(other, actor=MANAGER).audit.rows)
+        assert dashboard(other, actor=MANAGER).audit.status == "broken"
+        assert dashboard(db, actor=MANAGER).audit.status == "intact"
+    finally:
+        cleanup()
+
+
+def test_stock_read_for_some_sites_is_the_whole_studys_for_those(db, day, monkeypatch):
+    """site_stock(site_ids=...) (the dashboard's: the reader's sites) reads fewer kits
+    with other queries, a UNION for a few sites and one scan for many; the numbers
+    are the whole study's for those sites."""
+    from core.clock import utcnow
+    from core.models import Study
+    from core.supply import overview
+
+    with db.snapshot() as session:
+        study = session.scalars(select(Study)).one()
+        ids = list(session.scalars(select(Site.id).order_by(Site.code)))
+        now = utcnow()
+        for few in (10, 0):  # the UNION, then the scan
+            monkeypatch.setattr(overview, "FEW_SITES", few)
+            for by_kit_type in (False, True):
+                whole = overview.site_stock(session, study, by_kit_type=by_kit_type, now=now)
+                assert whole
+                for subset in (ids, ids[:1], ids[1:]):
+                    part = overview.site_stock(session, study, by_kit_type=by_kit_type,
+                                               now=now, site_ids=subset)
+                    assert part == {key: numbers for key, numbers in whole.items()
+                                    if key[0] in subset}

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from core.actors import Actor
@@ -73,10 +73,13 @@ def by_site(session: Session, sites: dict[int, tuple[str, str]],
     statuses = Counter({(site, status): count for site, status, count in session.execute(
         select(Subject.site_id, Subject.status, func.count())
         .where(Subject.site_id.in_(ids)).group_by(Subject.site_id, Subject.status))})
+    # Subjects with a randomization in their history: a semi-join (EXISTS), not a
+    # COUNT(DISTINCT) over the joined rows, which PostgreSQL sorts first.
     ever = dict(session.execute(
-        select(Subject.site_id, func.count(distinct(SubjectStatusChange.subject_id)))
-        .join(Subject, Subject.id == SubjectStatusChange.subject_id)
-        .where(Subject.site_id.in_(ids), SubjectStatusChange.to_status == RANDOMIZED)
+        select(Subject.site_id, func.count())
+        .where(Subject.site_id.in_(ids), exists().where(
+            SubjectStatusChange.subject_id == Subject.id,
+            SubjectStatusChange.to_status == RANDOMIZED))
         .group_by(Subject.site_id)).all())
     lines = []
     for site_id, (code, name) in sites.items():

@@ -97,10 +97,11 @@ def _low(cover: int | None) -> bool:
 def stock(session: Session, study: Study, sites: dict[int, tuple[str, str]], now: datetime,
           blinded: bool) -> tuple[SiteStockLine, ...]:
     empty = SiteStock({}, 0, 0, 0)
-    whole = site_stock(session, study, by_kit_type=False, now=now)
+    visible = list(sites)
+    whole = site_stock(session, study, by_kit_type=False, now=now, site_ids=visible)
     per_type, kinds = {}, []
     if not blinded:
-        per_type = site_stock(session, study, by_kit_type=True, now=now)
+        per_type = site_stock(session, study, by_kit_type=True, now=now, site_ids=visible)
         kinds = session.execute(select(KitType.id, KitType.code)
                                 .where(KitType.study_id == study.id)
                                 .order_by(KitType.code)).all()

@@ -54,6 +54,9 @@ class Kit(Base):
         Index(None, "depot_id", "status", "kit_type_id", "expiry_date", "kit_number"),
         # a user's kits awaiting a kit-number confirmation (every SMS KIT asks)
         Index("ix_kits_study_id_assigned_by_status", "study_id", "assigned_by", "status"),
+        # the dashboard's expiring kits: a study's unused kits by expiry (a few
+        # statuses, a date range; not the dispensed kits, most of the table)
+        Index("ix_kits_study_id_status_expiry_date", "study_id", "status", "expiry_date"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

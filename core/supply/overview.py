@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, union_all
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc, today, utcnow
@@ -66,6 +66,9 @@ from core.models import Kit, KitType, Shipment
 from core.supply.visits import utc_date
 
 COVER_DAYS = 28
+# site_stock for up to this many sites reads their kits through the indexes of the
+# sites' kits and subjects; for more, one scan of the study's kits is quicker.
+FEW_SITES = 10
 INFINITE = "∞"
 # Statuses a kit can have while its place is a site, in the report's column order.
 SITE_STATUSES = [AVAILABLE, ASSIGNED, DISPENSED, RETURNED_BY_SUBJECT, QUARANTINED, EXPIRED,
@@ -112,31 +115,39 @@ def _grouped(session: Session, keys: list, query) -> Counter:
 
 
 def site_stock(session: Session, study: Study, *, by_kit_type: bool,
-               now: datetime | None = None) -> dict[tuple[int, int | None], SiteStock]:
+               now: datetime | None = None, site_ids: list[int] | None = None
+               ) -> dict[tuple[int, int | None], SiteStock]:
     """Per (site id, kit type id) or (site id, None): the stock numbers. A handful
-    of GROUP BY queries, sized sites x kit types x statuses."""
+    of GROUP BY queries, sized sites x kit types x statuses. ``site_ids``: only
+    these sites' numbers (the same as theirs in the whole answer), read through
+    the indexes of the kits and subjects at those sites."""
     now = as_utc(now or utcnow())
     day = utc_date(now)
-    place = func.coalesce(Kit.site_id, Subject.site_id)
     kind = [Kit.kit_type_id] if by_kit_type else []
-    at_sites = _grouped(session, [place, *kind, Kit.status], (
-        select(place, *kind, Kit.status, func.count()).select_from(Kit)
-        .outerjoin(Subject, Subject.id == Kit.subject_id)
-        .where(Kit.study_id == study.id, place.is_not(None))))
+    since = now - timedelta(days=COVER_DAYS)
+    do_not_dispense = timedelta(days=int(supply_settings(study)["do_not_dispense_days"]))
+    if site_ids is None:
+        place = func.coalesce(Kit.site_id, Subject.site_id)
+        at_sites = _grouped(session, [place, *kind, Kit.status], (
+            select(place, *kind, Kit.status, func.count()).select_from(Kit)
+            .outerjoin(Subject, Subject.id == Kit.subject_id)
+            .where(Kit.study_id == study.id, place.is_not(None))))
+        used = _grouped(session, [place, *kind], (
+            select(place, *kind, func.count()).select_from(Kit)
+            .outerjoin(Subject, Subject.id == Kit.subject_id)
+            .where(Kit.study_id == study.id, place.is_not(None), Kit.assigned_at >= since)))
+    else:
+        at_sites, used = _at_sites(session, study, site_ids, by_kit_type, since)
     coming = _grouped(session, [Shipment.site_id, *kind], (
         select(Shipment.site_id, *kind, func.count()).select_from(Kit)
         .join(Shipment, Shipment.id == Kit.shipment_id)
-        .where(Kit.study_id == study.id, Kit.status == IN_TRANSIT)))
-    do_not_dispense = timedelta(days=int(supply_settings(study)["do_not_dispense_days"]))
+        .where(Kit.study_id == study.id, Kit.status == IN_TRANSIT,
+               *([] if site_ids is None else [Shipment.site_id.in_(site_ids)]))))
     dispensable = _grouped(session, [Kit.site_id, *kind], (
         select(Kit.site_id, *kind, func.count())
         .where(Kit.study_id == study.id, Kit.site_id.is_not(None), Kit.status == AVAILABLE,
-               not_in_open_return(), Kit.expiry_date > day + do_not_dispense)))
-    used = _grouped(session, [place, *kind], (
-        select(place, *kind, func.count()).select_from(Kit)
-        .outerjoin(Subject, Subject.id == Kit.subject_id)
-        .where(Kit.study_id == study.id, place.is_not(None),
-               Kit.assigned_at >= now - timedelta(days=COVER_DAYS))))
+               not_in_open_return(), Kit.expiry_date > day + do_not_dispense,
+               *([] if site_ids is None else [Kit.site_id.in_(site_ids)]))))
     statuses: dict[tuple, dict[str, int]] = defaultdict(dict)
     for (site_id, *rest), count in at_sites.items():
         key = (site_id, rest[0] if by_kit_type else None)
@@ -145,6 +156,46 @@ def site_stock(session: Session, study: Study, *, by_kit_type: bool,
     return {key: SiteStock(statuses.get(key, {}), coming[_raw(key, by_kit_type)],
                            dispensable[_raw(key, by_kit_type)], used[_raw(key, by_kit_type)])
             for key in keys}
+
+
+def _at_sites(session: Session, study: Study, site_ids: list[int], by_kit_type: bool,
+              since: datetime) -> tuple[Counter, Counter]:
+    """The kits whose place is one of these sites, by (site, [kit type,] status),
+    and those given out since ``since`` by (site, [kit type]), in one GROUP BY.
+    A kit's place is its site or else its subject's (``coalesce``): the two
+    halves of the UNION ALL are exactly those, disjoint (site or no site)."""
+    kind = [Kit.kit_type_id] if by_kit_type else []
+    if len(site_ids) > FEW_SITES:  # most of the study's kits: one scan of them all
+        place = func.coalesce(Kit.site_id, Subject.site_id)
+        rows = session.execute(
+            select(place, *kind, Kit.status, func.count(),
+                   func.count().filter(Kit.assigned_at >= since)).select_from(Kit)
+            .outerjoin(Subject, Subject.id == Kit.subject_id)
+            .where(Kit.study_id == study.id, place.in_(site_ids))
+            .group_by(place, *kind, Kit.status))
+        return _split(rows)
+    own = (select(Kit.site_id.label("place"), *kind, Kit.status, Kit.assigned_at)
+           .where(Kit.study_id == study.id, Kit.site_id.in_(site_ids)))
+    subjects = (select(Subject.site_id.label("place"), *kind, Kit.status, Kit.assigned_at)
+                .select_from(Kit).join(Subject, Subject.id == Kit.subject_id)
+                .where(Kit.study_id == study.id, Kit.site_id.is_(None),
+                       Subject.site_id.in_(site_ids)))
+    kits = union_all(own, subjects).subquery()
+    keys = [kits.c.place, *([kits.c.kit_type_id] if by_kit_type else []), kits.c.status]
+    return _split(session.execute(
+        select(*keys, func.count(), func.count().filter(kits.c.assigned_at >= since))
+        .group_by(*keys)))
+
+
+def _split(rows) -> tuple[Counter, Counter]:
+    """(place, [kit type,] status, kits, kits given out lately) rows: the kits by
+    the whole key, those given out by (place, [kit type])."""
+    at_sites, used = Counter(), Counter()
+    for *key, count, recent in rows:
+        at_sites[tuple(key)] += count
+        if recent:
+            used[tuple(key[:-1])] += recent
+    return at_sites, used
 
 
 def _key(raw: tuple, by_kit_type: bool) -> tuple[int, int | None]:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_decimal
+from babel.numbers import format_decimal, parse_pattern
 from markupsafe import Markup, escape
 
 from ivrs.render.speech import SOURCE_LANGUAGE, available_languages, spoken_language, template
@@ -34,6 +34,11 @@ def locale_of(language: str) -> Locale:
 
 def written(value: Any, language: str) -> str:
     """A parameter as the reader of ``language`` writes it."""
+    kind = type(value)
+    if kind is int:  # most of a page's cells: remembered (babel's is ~40 µs a number)
+        return _written_int(value, language)
+    if kind is date:
+        return _written_date(value, language)
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
@@ -43,6 +48,25 @@ def written(value: Any, language: str) -> str:
     if isinstance(value, date):
         return format_date(value, format="medium", locale=locale_of(language))
     return str(value)
+
+
+# A number or a day written in a language is a pure function of the two (babel's
+# locale data does not change while the process runs): the same counts and days
+# recur on every page, so each is formatted by babel once and then remembered.
+@functools.lru_cache(maxsize=8192)
+def _written_int(value: int, language: str) -> str:
+    return _decimal_pattern(language).apply(value, locale_of(language))
+
+
+@functools.lru_cache(maxsize=64)
+def _decimal_pattern(language: str):
+    """format_decimal's own pattern (the locale's default decimal format)."""
+    return parse_pattern(locale_of(language).decimal_formats[None])
+
+
+@functools.lru_cache(maxsize=4096)
+def _written_date(value: date, language: str) -> str:
+    return format_date(value, format="medium", locale=locale_of(language))
 
 
 def translate(message_id: str, language: str, **params: Any) -> str:
