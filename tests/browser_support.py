@@ -35,6 +35,7 @@ PASSWORD = "correct horse battery staple"
 TODAY = date(2026, 12, 1)
 TOTP_LABEL = "6-digit code from your authenticator app"
 _SECRET = re.compile(r"^[A-Z2-7]{16,}$")
+_CHECKED_WITHIN = 5  # seconds from choosing a TOTP code to the server's check of it
 
 
 def chromium_or_skip() -> None:
@@ -54,10 +55,12 @@ class Console:
 
     def totp_code(self, user_code: str) -> str:
         """A code for a time step not used yet: the server accepts the step before,
-        the current one and the next; if those are used up, wait for the next."""
+        the current one and the next; if those are used up, wait for the next.
+        "The step before" is taken as it will be a few seconds on, when the server
+        checks the code: near a step's end, the one before would be too old."""
         while True:
-            now = int(time.time() // 30)
-            step = max(now - 1, self.last_steps.get(user_code, -1) + 1)
+            now, soon = int(time.time() // 30), int((time.time() + _CHECKED_WITHIN) // 30)
+            step = max(soon - 1, self.last_steps.get(user_code, -1) + 1)
             if step <= now + 1:
                 self.last_steps[user_code] = step
                 return pyotp.TOTP(self.totp_secrets[user_code]).at(step * 30)
@@ -69,16 +72,24 @@ class Console:
         page.goto(self.url + "/signin")
         page.get_by_label("User ID").fill(user_code)
         page.get_by_label("Password").fill(password)
-        page.get_by_role("button", name="Sign in").click()
+        # Each submit waits for the page it leads to: the next step reads its URL
+        # and DOM, and a slow server (PostgreSQL, two workers) must not race it.
+        with page.expect_navigation():
+            page.get_by_role("button", name="Sign in").click()
         if "/signin/enrol" in page.url:
             secret = page.locator("code.secret").inner_text().strip()
             assert _SECRET.match(secret), secret
             self.totp_secrets[user_code] = secret
             page.get_by_label(TOTP_LABEL).fill(self.totp_code(user_code))
-            page.get_by_role("button", name="Confirm and sign in").click()
+            with page.expect_navigation():
+                page.get_by_role("button", name="Confirm and sign in").click()
         elif "/signin/totp" in page.url:
             page.get_by_label(TOTP_LABEL).fill(self.totp_code(user_code))
-            page.get_by_role("button", name="Sign in").click()
+            with page.expect_navigation():
+                page.get_by_role("button", name="Sign in").click()
+        if "/signin" in page.url:
+            alerts = page.get_by_role("alert").all_inner_texts()
+            raise AssertionError(f"{user_code} not signed in at {page.url}: {alerts}")
 
 
 def serve_console(tmp_path_factory, *replacements, **env) -> tuple[object, object, callable]:
