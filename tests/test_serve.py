@@ -20,6 +20,7 @@ from voice import demo_study_in_english
 
 from core.models import Shipment, Site
 from ivrs.main import main
+from ivrs.outbound import scheduler
 from ivrs.outbound.scheduler import (
     SUPPLY_LOCK_CLASS,
     ScheduleError,
@@ -218,14 +219,22 @@ def test_the_jobs_process_ends_when_its_server_is_gone(database_env, caplog, mon
     # Run in this process, with a parent pid that is not ours: it returns at once
     # (and leaves this process's SIGTERM alone).
     monkeypatch.setattr(jobs.signal, "signal", lambda *args: None)
+    # The senders' threads would outlive this test (and its database), logging errors
+    # into later tests: record the start instead.
+    started = []
+    monkeypatch.setattr(scheduler, "start_supply_schedule", lambda *args: started.append(args))
     jobs.run_jobs(database_env, None, parent_pid=os.getppid() + 100_000)
+    assert started == [(database_env, None)]
     assert "the server (pid" in caplog.text and "is gone" in caplog.text
 
 
 def test_dev_server_checks_no_signatures_and_says_so(database_env, monkeypatch, capsys):
     ran = []
     monkeypatch.setattr(Flask, "run", lambda self, **kwargs: ran.append((self, kwargs)))
+    started = []  # not the senders' threads: they would outlive this test's database
+    monkeypatch.setattr(serve, "start_supply_schedule", lambda *args: started.append(args))
     serve.run_dev_server("127.0.0.1", 8081, None)
+    assert started == [(database_env, None)]
     (app, kwargs), = ran
     assert app.extensions["ivrs"].settings.skip_signatures is True
     assert kwargs["use_reloader"] is False and kwargs["port"] == 8081
