@@ -15,12 +15,18 @@ UNBLINDED_ROLES = frozenset({"unblinded_statistician"})
 ROLES = frozenset({"site_coordinator", "investigator", "pharmacist", "project_manager",
                    "depot_manager", "unblinded_statistician", "admin"})
 SITE_ROLES = frozenset({"site_coordinator", "investigator", "pharmacist"})
+# Who administers users (SPEC §4: the admin role). A signed-in administrator has
+# these rights and those of every role set that names "admin", nothing more.
+ADMINISTRATORS = frozenset({"admin"})
 
 
 @dataclass(frozen=True)
 class Actor:
-    """``user_code`` None means the operator at the CLI (an administrator), or
-    an API client (``client``, its name), which acts with its role's rights."""
+    """``user_code`` None means the operator at the CLI or a scheduled job (an
+    administrator with every power: whoever runs the server can run any
+    command), or an API client (``client``, its name), which acts with its
+    role's rights. A *user* with the admin role (signed in on the web) is not
+    the operator: they have only the rights their role is listed for."""
 
     role: str
     user_code: str | None = None
@@ -41,8 +47,12 @@ class Actor:
     def may_act_at(self, site_code: str) -> bool:
         return self.site_codes is None or site_code in self.site_codes
 
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "admin" and self.user_code is None and self.client is None
+
     def require(self, roles: frozenset[str] | set[str], what: str) -> None:
-        if self.role != "admin" and self.role not in roles:
+        if not self.is_operator and self.role not in roles:
             raise Refused(f"role {self.role} may not {what}", code="not_allowed")
 
     def require_site(self, site_code: str) -> None:

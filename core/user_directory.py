@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from core.actors import ADMIN, Actor
+from core.actors import ADMINISTRATORS, Actor
 from core.db import Database
 from core.models import Site, StudyPhoneNumber, User, UserSite
 from core.studies import study_ref
 
 # Who administers users (and reads their list): the administrator only, as at the CLI.
-USER_ADMINISTRATORS = frozenset({ADMIN.role})
+USER_ADMINISTRATORS = ADMINISTRATORS
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from core.actors import ROLES, UNBLINDED_ROLES, Actor
+from core.actors import ADMINISTRATORS, ROLES, UNBLINDED_ROLES, Actor
 from core.db import Database
 from core.errors import IvrsError, NotFound, Refused
 from core.fields import email_problem, is_digits
@@ -34,7 +34,7 @@ def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[
     """``language`` None: the language of the user's first site, else the study's first.
     ``email``: where notifications go by e-mail too (``core.fields.email_problem``).
     ``idempotency_key``: a form submitted twice adds the user once and answers the same."""
-    actor.require(frozenset(), "add users")
+    actor.require(ADMINISTRATORS, "add users")
     if not is_digits(user_code):
         raise IvrsError("a user ID is digits only (it is typed on a keypad)", code="bad_user")
     if role not in ROLES:
@@ -81,7 +81,7 @@ def add_user(db: Database, *, user_code: str, name: str, role: str, sites: list[
 
 def set_locked(db: Database, *, user_code: str, locked: bool, actor: Actor, reason: str,
                study: str | None = None, idempotency_key: str | None = None) -> UserResult:
-    actor.require(frozenset(), "lock or unlock users")
+    actor.require(ADMINISTRATORS, "lock or unlock users")
     operation = f"{'lock' if locked else 'unlock'} {user_code}"
     with service_call(db, study, operation, idempotency_key, actor) as call:
         user = _lock_user(call.session, call.study.id, user_code)
@@ -96,7 +96,7 @@ def set_locked(db: Database, *, user_code: str, locked: bool, actor: Actor, reas
 
 def reset_pin(db: Database, *, user_code: str, pin: str, actor: Actor,
               study: str | None = None, idempotency_key: str | None = None) -> UserResult:
-    actor.require(frozenset(), "reset PINs")
+    actor.require(ADMINISTRATORS, "reset PINs")
     if not is_valid_pin(pin):
         raise IvrsError("a PIN is 4 to 8 digits", code="bad_pin")
     with service_call(db, study, f"reset_pin {user_code}", idempotency_key, actor) as call:

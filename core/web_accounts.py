@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from core.actors import Actor
+from core.actors import ADMINISTRATORS, Actor
 from core.api_clients import token_digest
 from core.clock import as_utc, utcnow
 from core.db import Database
@@ -36,7 +36,7 @@ def set_password(db: Database, *, user_code: str, password: str, actor: Actor,
                  study: str | None = None) -> None:
     """An administrator sets a user's web password. Refused ``weak_password``
     (``core.passwords.password_problem``) or ``unknown_user``."""
-    actor.require(frozenset(), "set passwords")
+    actor.require(ADMINISTRATORS, "set passwords")
     user_code = str(user_code).strip()
     _check_password(password, user_code)
     password_hash = hash_password(password)  # outside the row lock: argon2 takes its time
@@ -59,7 +59,7 @@ def invite(db: Database, *, user_code: str, actor: Actor, study: str | None = No
     ``idempotency_key`` used already (a form sent twice): refused
     ``invite_shown_already``, and the first link stays the valid one — the
     token was shown once and is kept nowhere to be shown again."""
-    actor.require(frozenset(), "invite users")
+    actor.require(ADMINISTRATORS, "invite users")
     if valid_for <= timedelta(0):
         raise IvrsError("an invite must be valid for some time", code="bad_valid_for")
     user_code = str(user_code).strip()
@@ -136,7 +136,7 @@ def reset_totp(db: Database, *, user_code: str, actor: Actor, study: str | None 
     """Clear the user's TOTP secret (a lost phone): the next sign-in enrols again.
     Returns the confirmation number; with an ``idempotency_key`` used already,
     nothing is done again and the first confirmation number comes back."""
-    actor.require(frozenset(), "reset second factors")
+    actor.require(ADMINISTRATORS, "reset second factors")
     user_code = str(user_code).strip()
     with service_call(db, study, f"reset_totp {user_code}", idempotency_key, actor) as call:
         user = _active_user(call, user_code)

@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from studyfiles import STUDY_YAML, snapshot, write_study
 from test_resupply import TODAY, add_kits, notifications
 
+from core import append_only
 from core.audit import blinded
 from core.models import AuditEvent
 from core.study_loader import load_study
@@ -102,14 +103,21 @@ def test_supply_run_and_outbox(run, db):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{TODAY}: 2 kit(s) expired, 0 expiry warning(s)"
-    assert lines[1:-2] == [f"shipment {number} to site {site} (initial): 12 kits"
+    assert lines[1:-3] == [f"shipment {number} to site {site} (initial): 12 kits"
                            for number, site in (("500001", "101"), ("500002", "102"),
                                                 ("500003", "103"))]
-    assert lines[-2:] == ["0 kit confirmation reminder(s)", "0 approval request(s) expired"]
+    assert lines[-3:-1] == ["0 kit confirmation reminder(s)", "0 approval request(s) expired"]
+    # the daily full verification of the audit chain, recorded as serve's scheduler does
+    with db.sessions() as s:
+        head = s.scalar(select(func.max(AuditEvent.seq)))
+        checkpoints = s.scalars(select(AuditEvent).where(
+            AuditEvent.action == "audit_verified")).all()
+    assert lines[-1] == f"audit chain: {head - 1} rows, intact"
+    assert [row.new["intact"] for row in checkpoints] == [True]
     assert "KA" not in result.output and "KP" not in result.output
 
     again = run("supply", "run", "--today", TODAY.isoformat())
-    assert again.exit_code == 0 and again.output.splitlines()[1:] == [
+    assert again.exit_code == 0 and again.output.splitlines()[1:-1] == [
         "no shipment needed", "0 kit confirmation reminder(s)", "0 approval request(s) expired"]
 
     outbox = run("outbox")
@@ -123,6 +131,17 @@ def test_supply_run_and_outbox(run, db):
             note.status = "sent"
     assert run("outbox").output.strip() == "outbox empty"
     assert len(run("outbox", "--all").output.splitlines()) == 3
+
+
+def test_supply_run_exits_1_on_a_broken_audit_chain(run, db):
+    """A cron deployment learns of a tampered trail from the job's exit status."""
+    with db.engine.begin() as conn:
+        for statement in append_only.drop_statements(db.engine.dialect.name):
+            conn.execute(text(statement))
+        conn.execute(text("UPDATE audit_events SET reason = 'nothing to see' WHERE seq = 2"))
+    result = run("supply", "run", "--today", TODAY.isoformat())
+    assert result.exit_code == 1
+    assert "audit chain BROKEN" in result.output and "seq 2" in result.output
 
 
 def test_supply_run_refuses_a_bad_date_and_changes_nothing(run, db):

@@ -287,8 +287,8 @@ def test_supply_run_reminds_and_the_report_command_lists(study, database_env):
         return result.output.splitlines()
 
     # day 0 -> day 2: more than the default 24 hours, reminded once
-    assert run("supply", "run", "--today", "2026-01-03")[-2] == "1 kit confirmation reminder(s)"
-    assert run("supply", "run", "--today", "2026-01-03")[-2] == "0 kit confirmation reminder(s)"
+    assert run("supply", "run", "--today", "2026-01-03")[-3] == "1 kit confirmation reminder(s)"
+    assert run("supply", "run", "--today", "2026-01-03")[-3] == "0 kit confirmation reminder(s)"
     header, row = run("report", "unconfirmed-kits")
     assert header == ("subject_number,site,visit,kit_number,assigned_at,assigned_by,"
                       "hours_unconfirmed")

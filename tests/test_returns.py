@@ -234,8 +234,11 @@ def test_only_a_signing_project_manager_decides_a_return(site101):
     sig = signatures(db)  # signed before the snapshots: signing is audited
     unused = kits_at(db, "101")
     admin = Actor(role="admin", user_code="9001")
+    # a signed-in administrator acts at no site (only the CLI operator has every power)
+    with pytest.raises(Refused, match="role admin may not declare returns"):
+        declare_return(db, site_code="101", kit_numbers=unused[:1], reason="r", actor=admin)
     number = declare_return(db, site_code="101", kit_numbers=unused[:1], reason="r",
-                            actor=admin).return_number
+                            actor=user(db, "5001")).return_number
     before = snapshot(db)
     # the console administrator is no approver, signed or not
     with pytest.raises(Refused, match="role admin may not approve return requests"):

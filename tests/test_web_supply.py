@@ -23,10 +23,11 @@ from core.supply.shipments import dispatch_shipment, request_shipment
 
 _KEY = re.compile(r'name="idempotency_key" value="([^"]+)"')
 ROLES = sorted(USERS)
-# Who may do what (core.supply.shipments / receipt; admin passes every Actor.require).
-DEPOT = {"depot_manager", "admin"}
-SUPPLY_MANAGERS = {"project_manager", "depot_manager", "admin"}
-AT_SITE_101 = {"site_coordinator", "investigator", "admin"}  # site roles of 101, and admin
+# Who may do what (core.supply.shipments / receipt). A signed-in administrator is
+# none of them: only the operator at the CLI has every power (core.actors).
+DEPOT = {"depot_manager"}
+SUPPLY_MANAGERS = {"project_manager", "depot_manager"}
+AT_SITE_101 = {"site_coordinator", "investigator"}  # site roles of 101
 BLINDED = ["site_coordinator", "investigator", "pharmacist", "investigator_102",
            "project_manager", "depot_manager", "admin"]
 
@@ -110,7 +111,7 @@ def test_each_role_is_offered_the_forms_its_services_allow(web, role):
     assert has_form(browser, f"/shipments/{held}", "quarantine") == (role in SUPPLY_MANAGERS)
     browser.get("/shipments")
     assert ('action="/shipments/request"' in browser.last_page) == (
-        role in ("site_coordinator", "investigator", "admin"))
+        role in AT_SITE_101)
 
 
 def test_a_site_role_sees_only_its_sites_shipments_and_kits(web):
@@ -183,7 +184,7 @@ def test_a_stock_indent_by_role(web, role):
     before = snapshot(web.db)
     answer = browser.post("/shipments/request", {"site": "101", "kits_per_type": "1"},
                           form_page="/shipments")
-    if role in ("site_coordinator", "investigator", "admin"):
+    if role in AT_SITE_101:
         assert answer.status_code == 200
         number = re.search(r"/shipments/(\d+)", browser.text(answer)).group(1)
         assert (detail(web, number).destination, len(detail(web, number).kits)) == ("101", 2)

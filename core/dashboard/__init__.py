@@ -126,4 +126,4 @@ def dashboard(db: Database, *, actor: Actor, study: str | None = None,
 
 
 def _may(actor: Actor, roles: frozenset[str]) -> bool:
-    return actor.role == "admin" or actor.role in roles
+    return actor.is_operator or actor.role in roles

@@ -30,8 +30,11 @@ def supply() -> None:
               help="The date to run as (UAT only, like IVRS_TODAY).")
 @handles_errors
 def supply_run(study: str | None, today: str | None) -> None:
-    """Run the expiry and resupply jobs, then the kit confirmation reminders, once and
-    print what they did."""
+    """Run the expiry and resupply jobs, the kit confirmation reminders, the expiry
+    of stale approval requests and the audit chain's full verification once, and
+    print what they did (exit 1 if the chain is broken)."""
+    from core.actors import ADMIN
+    from core.audit_checkpoints import record_verification
     from core.clock import today as clock_today
     from core.clock import utcnow as clock_utcnow
     from core.gates import expire_stale
@@ -60,7 +63,15 @@ def supply_run(study: str | None, today: str | None) -> None:
     expired = expire_stale(db, study=study, now=now)
     click.echo(f"{len(expired)} approval request(s) expired"
                + (f": {', '.join(expired)}" if expired else ""))
+    # The daily full check of the audit chain, recorded as the scheduler inside
+    # ``serve`` records it: a deployment that runs this from cron instead keeps
+    # the dashboard's checkpoint fresh too.
+    chain = record_verification(db, actor=ADMIN, study=study)
+    click.echo(f"audit chain: {chain.rows} rows, intact" if chain.intact
+               else f"audit chain BROKEN: {chain.problem}")
     _send_if_configured(db)
+    if not chain.intact:
+        raise SystemExit(1)
 
 
 def _send_if_configured(db) -> None:

@@ -41,8 +41,7 @@ PAGES: list[Page] = [
     Page("web.subjects", "web.nav.subjects", SUBJECT_READERS),
     Page("web.approvals", "web.nav.approvals", APPROVAL_READERS),
     Page("web.shipments", "web.nav.shipments", SHIPMENT_READERS),
-    # admin: Actor.require lets the administrator do what every service does
-    Page("web.quarantine", "web.nav.quarantine", SUPPLY_MANAGER_ROLES | {"admin"}),
+    Page("web.quarantine", "web.nav.quarantine", SUPPLY_MANAGER_ROLES),
     Page("web.kits", "web.nav.kits", KIT_READERS),
     Page("web.lots", "web.nav.lots", KIT_READERS),
     Page("web.reports", "web.nav.reports", REPORT_READERS),
@@ -54,10 +53,9 @@ PAGES: list[Page] = [
 
 
 # Pages behind the navigation (forms that act), with the roles they answer. The
-# core refuses any other role itself; this table keeps the others from a
-# half-drawn form, and keeps out the administrator from the site actions: the
-# core lets an administrator do anything (the CLI operator's powers), but that
-# role acts at no site (SPEC §4).
+# core refuses any other role itself (a signed-in administrator included: only
+# the operator at the CLI has every power, core.actors); this table keeps the
+# others from a half-drawn form.
 BEHIND: dict[str, frozenset[str]] = {
     "web.screen": ENROLLING_ROLES,
     "web.randomize": ENROLLING_ROLES,
