@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from core import append_only
 from core.db import Database, database_url, make_engine
 from core.migrate import upgrade
 
@@ -136,6 +137,7 @@ class _Databases:
             self.sequences = conn.execute(text(
                 "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'"
             )).scalars().all()
+            self.schema = conn.execute(SCHEMA_FINGERPRINT).scalar_one()
         engine.dispose()  # a template must have no connection when it is copied
         atexit.register(self.drop_all)
 
@@ -157,18 +159,46 @@ class _Databases:
         try:
             with engine.connect() as conn:
                 empty_database(conn, self.tables, self.sequences)
+                # tests of `ivrs audit verify` drop or disable the append-only
+                # trigger to tamper with the trail: put it back as migrated
+                for statement in [*append_only.drop_statements("postgresql"),
+                                  *append_only.create_statements("postgresql")]:
+                    conn.exec_driver_sql(statement)
                 conn.commit()
+                # anything else a test changed in the schema: not reused
+                same = conn.execute(SCHEMA_FINGERPRINT).scalar_one() == self.schema
         except Exception:  # noqa: BLE001 — not reused, then: dropped at the end
             return
         finally:
             engine.dispose()
-        self.free.append(name)
+        if same:
+            self.free.append(name)
 
     def drop_all(self) -> None:
         with self.admin.connect() as conn:
             for name in self.made:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         self.admin.dispose()
+
+
+# The schema as a digest: tables' columns, indexes, constraints, triggers (and
+# whether each is enabled), functions, the migration reached.
+SCHEMA_FINGERPRINT = text("""
+SELECT md5(string_agg(item, '|' ORDER BY item)) FROM (
+    SELECT 'c ' || table_name || '.' || column_name || ' ' || data_type || ' '
+           || is_nullable || ' ' || coalesce(column_default, '') AS item
+      FROM information_schema.columns WHERE table_schema = 'public'
+    UNION ALL SELECT 'i ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+    UNION ALL SELECT 'k ' || conrelid::regclass || ' ' || conname || ' '
+           || pg_get_constraintdef(oid)
+      FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+    UNION ALL SELECT 't ' || tgname || ' ' || tgenabled::text || ' ' || pg_get_triggerdef(oid)
+      FROM pg_trigger WHERE NOT tgisinternal
+    UNION ALL SELECT 'f ' || proname || ' ' || md5(prosrc)
+      FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+    UNION ALL SELECT 'v ' || version_num FROM alembic_version
+) AS schema
+""")
 
 
 def empty_database(conn, tables: list[str], sequences: list[str]) -> None:
