@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from conftest import loaded
 from studyfiles import MRL_CSV, STUDY_YAML, write_study
 
 from core.actors import ADMIN
@@ -79,11 +80,15 @@ class Api:
 
 def make_api(db, tmp_path: Path, *replacements: tuple[str, str]) -> Api:
     """The API over the example study, with ``replacements`` made in its file."""
-    load_study(db, write_study(tmp_path, *replacements) if replacements else STUDY_YAML)
-    import_mrl(db, MRL_CSV, study_code=STUDY)
-    stock(db, tmp_path / "kits.csv")
-    tokens = {name: add_client(db, name=name, role=role, sites=sites, actor=ADMIN).token
-              for name, (role, sites) in CLIENTS.items()}
+
+    def load(db, directory: Path) -> dict[str, str]:
+        load_study(db, write_study(directory, *replacements) if replacements else STUDY_YAML)
+        import_mrl(db, MRL_CSV, study_code=STUDY)
+        stock(db, directory / "kits.csv")
+        return {name: add_client(db, name=name, role=role, sites=sites, actor=ADMIN).token
+                for name, (role, sites) in CLIENTS.items()}
+
+    tokens = loaded(db, tmp_path, ("api", replacements), load)
     app = create_app(Settings(database_url="unused"), db=db, store=MemorySessionStore())
     return Api(db, app, tokens)
 

@@ -11,7 +11,9 @@ database exactly as it was.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
@@ -23,7 +25,6 @@ from sqlalchemy import select
 from core.actors import ADMIN
 from core.db import Database
 from core.errors import IvrsError
-from core.migrate import upgrade
 from core.models import AuditEvent, Subject
 from core.mrl import import_mrl
 from core.randomize import randomize
@@ -37,6 +38,7 @@ from core.models import Kit, Shipment
 from core.supply.receipt import receive_shipment, reject_quarantine, release_quarantine
 from core.supply.resupply import run_resupply
 from core.supply.shipments import dispatch_shipment
+from conftest import migrated_sqlite
 from studyfiles import MRL_CSV, STUDY_YAML, snapshot
 
 START = date(2027, 1, 4)
@@ -86,13 +88,31 @@ operation = st.one_of(
 )
 
 
+_loaded: Path | None = None
+
+
+def loaded_trial_file() -> Path:
+    """A SQLite file with the study, its list and the 34 kits loaded, made once per
+    module: every example starts from a byte-for-byte copy of it (the same state
+    loading it anew gave each, without the second and more that loading costs)."""
+    global _loaded
+    if _loaded is None:
+        directory = Path(tempfile.mkdtemp(prefix="ivrs-supply-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        db = migrated_sqlite(directory / "loaded.sqlite3")
+        load_study(db, STUDY_YAML)
+        import_mrl(db, MRL_CSV)
+        import_kits(db, kit_list(directory / "kits.csv"))
+        db.dispose()
+        _loaded = directory / "loaded.sqlite3"
+    return _loaded
+
+
 class Trial:
     def __init__(self, directory: str):
-        self.db = Database(f"sqlite:///{directory}/p.sqlite3")
-        upgrade(self.db.engine)
-        load_study(self.db, STUDY_YAML)
-        import_mrl(self.db, MRL_CSV)
-        import_kits(self.db, kit_list(Path(directory) / "kits.csv"))
+        path = Path(directory) / "p.sqlite3"
+        shutil.copyfile(loaded_trial_file(), path)
+        self.db = Database(f"sqlite:///{path}")
         self.today = START
         self.kits_total = 34
 

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+from conftest import loaded
 from werkzeug.serving import make_server
 
 from core.db import Database
@@ -70,7 +71,7 @@ def session_store() -> SessionStore:
 @pytest.fixture
 def voice(db, tmp_path, monkeypatch) -> VoiceHarness:
     monkeypatch.setenv("IVRS_TODAY", TODAY)
-    demo_study_in_english(db, tmp_path)
+    loaded(db, tmp_path, ("demo", TODAY), demo_study_in_english)
     store = session_store()
     app = create_app(Settings(database_url="unused", twilio_auth_token=TOKEN), db=db,
                      store=store)
@@ -89,7 +90,7 @@ def demo_env(db, database_env, tmp_path, monkeypatch):
     monkeypatch.setenv("IVRS_TODAY", TODAY)
     for name in ("TWILIO_AUTH_TOKEN", "PUBLIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    demo_study_in_english(db, tmp_path)
+    loaded(db, tmp_path, ("demo", TODAY), demo_study_in_english)
     session_store()  # empties the test Redis database
     return db
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from api_support import STUDY, stock
+from conftest import loaded
 from sqlalchemy import select
 from studyfiles import MRL_CSV, STUDY_YAML, write_study
 
@@ -95,10 +97,16 @@ class Web:
                                     language=user.language)
 
 
-def make_web(db, tmp_path, *replacements: tuple[str, str]) -> Web:
-    load_study(db, write_study(tmp_path, *replacements) if replacements else STUDY_YAML)
+def load_example(db, directory: Path, replacements: tuple[tuple[str, str], ...] = ()) -> None:
+    """The example study (with ``replacements`` made in its file), its list, kits at its sites."""
+    load_study(db, write_study(directory, *replacements) if replacements else STUDY_YAML)
     import_mrl(db, MRL_CSV, study_code=STUDY)
-    stock(db, tmp_path / "kits.csv")
+    stock(db, directory / "kits.csv")
+
+
+def make_web(db, tmp_path, *replacements: tuple[str, str]) -> Web:
+    loaded(db, tmp_path, ("example", replacements),
+           lambda db, directory: load_example(db, directory, replacements))
     store = MemorySessionStore()
     app = create_app(Settings(database_url="unused"), db=db, store=store)
     return Web(db, app, store)
