@@ -160,7 +160,8 @@ def make_senders(db: Database, count: int, phone_stem: str) -> list[Sender]:
     one randomized subject whose V1 kit awaits the user's confirmation."""
 
     def user(n: int) -> tuple[str, str]:
-        code, phone = f"{6001 + n}", f"{phone_stem}{n:03d}"
+        # 8001 up: clear of the demo study's user IDs (5001 to 7001)
+        code, phone = f"{8001 + n}", f"{phone_stem}{n:03d}"
         add_user(db, user_code=code, name=f"Bench texter {n}", role="site_coordinator",
                  sites=[SITE], phone=phone, language="en", pin="1111", actor=ADMIN,
                  study=STUDY_CODE)
