@@ -25,6 +25,10 @@ class SessionStore(Protocol):
 
     def save(self, key: str, data: dict[str, Any], ttl: int) -> None: ...
 
+    def save_all(self, items: list[tuple[str, dict[str, Any], int]]) -> None:
+        """Several ``save``s (key, data, ttl) at once: one round trip to Redis."""
+        ...
+
     def delete(self, key: str) -> None: ...
 
     def claim(self, key: str, ttl: int) -> bool:
@@ -58,6 +62,10 @@ class MemorySessionStore:
             self._data[key] = (time.monotonic() + ttl, raw)
             if len(self._data) > 10_000:
                 self._expire()
+
+    def save_all(self, items: list[tuple[str, dict[str, Any], int]]) -> None:
+        for key, data, ttl in items:
+            self.save(key, data, ttl)
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -102,6 +110,17 @@ class RedisSessionStore:
     def save(self, key: str, data: dict[str, Any], ttl: int) -> None:
         try:
             self._redis.set(self.PREFIX + key, json.dumps(data, separators=(",", ":")), ex=ttl)
+        except self._errors as error:
+            raise SessionStoreError(str(error)) from error
+
+    def save_all(self, items: list[tuple[str, dict[str, Any], int]]) -> None:
+        # A pipeline, not a transaction (MULTI): the writes are independent, and
+        # each one is a round trip and most of redis-py's per-command cost.
+        pipe = self._redis.pipeline(transaction=False)
+        for key, data, ttl in items:
+            pipe.set(self.PREFIX + key, json.dumps(data, separators=(",", ":")), ex=ttl)
+        try:
+            pipe.execute()
         except self._errors as error:
             raise SessionStoreError(str(error)) from error
 

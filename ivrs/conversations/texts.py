@@ -80,11 +80,14 @@ def answer(db: Database, store: SessionStore, request: TextRequest) -> str:
         log.info("sms %s delivered again: same reply, nothing done", request.message_sid)
         return kept
     try:
-        twiml = _answer(db, store, request)
+        twiml, session_writes = _answer(db, store, request)
     except Exception:
         store.delete(kept_key)  # not answered: a retry must run again
         raise
-    store.save(kept_key, {"twiml": twiml}, REPLY_KEPT_SECONDS)
+    # The sender's session and the kept reply in one round trip. A message whose
+    # reply failed to render saves no session either: its retry starts from the
+    # same state, and what it did is keyed by its MessageSid (acts once).
+    store.save_all([*session_writes, (kept_key, {"twiml": twiml}, REPLY_KEPT_SECONDS)])
     return twiml
 
 
@@ -99,11 +102,17 @@ def _reply_of_first_delivery(store: SessionStore, kept_key: str) -> str | None:
         time.sleep(0.1)
 
 
-def _answer(db: Database, store: SessionStore, request: TextRequest) -> str:
+SessionWrite = tuple[str, dict, int]  # key, session, seconds it is kept
+
+
+def _answer(db: Database, store: SessionStore, request: TextRequest
+            ) -> tuple[str, list[SessionWrite]]:
+    """The reply, and the session to save with it (none for an unknown sender or
+    a session that just ended)."""
     users = users_for_phone(db, phone=request.sender, dialed=request.to)
     study = users.study
     if not users.user_codes:
-        return _unknown_sender(store, study, request)
+        return _unknown_sender(store, study, request), []
     key = f"sms:{study}:{request.sender}"
     session = store.load(key)
     signed_in = (session or {}).get("user", {}).get("user_code")
@@ -113,13 +122,12 @@ def _answer(db: Database, store: SessionStore, request: TextRequest) -> str:
     elif signed_in in users.locked:
         # Locked since (wrong PINs on a call, an administrator): the session ends now.
         store.delete(key)
-        return reply([Say("error.locked")], session["language"])
+        return reply([Say("error.locked")], session["language"]), []
     ctx = TextContext(db, study, request.message_sid, request.sender, users.user_codes)
     before = session["state"]
     says = run(session, ctx, request.body)
     log.info("sms %s: %s -> %s", request.message_sid, before, session["state"])
-    store.save(key, session, SESSION_IDLE_SECONDS)
-    return reply(says, session["language"])
+    return reply(says, session["language"]), [(key, session, SESSION_IDLE_SECONDS)]
 
 
 def _unknown_sender(store: SessionStore, study: str, request: TextRequest) -> str:
