@@ -9,10 +9,10 @@ interleave and nobody fails late with "database is locked".
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_SQLITE_FILE = "ivrs.sqlite3"
@@ -81,6 +81,7 @@ class Database:
                    if self.engine.dialect.name == "postgresql" else self.engine)
         self.reads = sessionmaker(readers, expire_on_commit=False,
                                   info={"config_cache": cache})
+        self._readers = readers
 
     @property
     def is_postgres(self) -> bool:
@@ -91,6 +92,15 @@ class Database:
         """One unit of work: commit on success, roll back on any exception."""
         with self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """A Core connection for reads as ``reads`` makes them (autocommit on
+        PostgreSQL), without an ORM session around it: the lookups every webhook
+        request makes first (who is texting, may this caller go on) are one Core
+        statement each, and a session costs more than the statement."""
+        with self._readers.connect() as connection:
+            yield connection
 
     @contextmanager
     def snapshot(self) -> Iterator[Session]:
