@@ -35,6 +35,11 @@ class SessionStore(Protocol):
         """Set ``key`` if nobody has: True for the first caller only (atomic)."""
         ...
 
+    def claim_and_load(self, claim: str, ttl: int, key: str | None
+                       ) -> tuple[bool, dict[str, Any] | None]:
+        """``claim(claim, ttl)`` and ``load(key)`` (None: no load) in one round trip."""
+        ...
+
     def ping(self) -> bool: ...
 
 
@@ -78,6 +83,10 @@ class MemorySessionStore:
                 return False
             self._data[key] = (time.monotonic() + ttl, "{}")
             return True
+
+    def claim_and_load(self, claim: str, ttl: int, key: str | None
+                       ) -> tuple[bool, dict[str, Any] | None]:
+        return self.claim(claim, ttl), (self.load(key) if key is not None else None)
 
     def ping(self) -> bool:
         return True
@@ -135,6 +144,19 @@ class RedisSessionStore:
             return bool(self._redis.set(self.PREFIX + key, "{}", ex=ttl, nx=True))
         except self._errors as error:
             raise SessionStoreError(str(error)) from error
+
+    def claim_and_load(self, claim: str, ttl: int, key: str | None
+                       ) -> tuple[bool, dict[str, Any] | None]:
+        if key is None:
+            return self.claim(claim, ttl), None
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self.PREFIX + claim, "{}", ex=ttl, nx=True)
+        pipe.get(self.PREFIX + key)
+        try:
+            claimed, raw = pipe.execute()
+        except self._errors as error:
+            raise SessionStoreError(str(error)) from error
+        return bool(claimed), None if raw is None else json.loads(raw)
 
     def ping(self) -> bool:
         try:
