@@ -160,7 +160,8 @@ def make_senders(db: Database, count: int, phone_stem: str) -> list[Sender]:
     one randomized subject whose V1 kit awaits the user's confirmation."""
 
     def user(n: int) -> tuple[str, str]:
-        code, phone = f"{6001 + n}", f"{phone_stem}{n:03d}"
+        # 8001 up: clear of the demo study's user IDs (5001 to 7001)
+        code, phone = f"{8001 + n}", f"{phone_stem}{n:03d}"
         add_user(db, user_code=code, name=f"Bench texter {n}", role="site_coordinator",
                  sites=[SITE], phone=phone, language="en", pin="1111", actor=ADMIN,
                  study=STUDY_CODE)
@@ -584,9 +585,10 @@ PROFILE_PARTS = (
      ("users_for_phone",)),
     ("the dialog and its command (dialogs.sms.run)", "dialogs/sms/machine.py", ("run",)),
     ("reply rendering (texts.reply)", "ivrs/conversations/texts.py", ("reply",)),
-    ("Redis: claim, session load, kept reply and session save", "ivrs/conversations/sessions.py",
-     ("claim", "load", "save")),
-    ("connection pool pre-ping", "_psycopg_common.py", ("do_ping",)),
+    ("Redis: claim with session load, then session with kept reply (two round trips)",
+     "ivrs/conversations/sessions.py", ("claim_and_load", "save_all")),
+    ("connection pool ping (only for a connection idle 1 s or more)", "_psycopg_common.py",
+     ("do_ping",)),
 )
 
 
@@ -687,7 +689,7 @@ def sms_markdown(args, data: dict) -> list[str]:
         lines += [(f"CPU per message in-process ({profile['messages']} of each through the "
                    "Flask test client, same schema and Redis; the client's signing and "
                    "TwiML parsing included), with SQL statements per message in brackets "
-                   "(SQLAlchemy `before_cursor_execute`; pool pre-pings, BEGIN and "
+                   "(SQLAlchemy `before_cursor_execute`; pool pings, BEGIN and "
                    "COMMIT/ROLLBACK not counted): " + ", ".join(
                        f"{label} {ms:.2f} ms"
                        + (f" ({profile['statements'][label]:.0f})"
@@ -719,13 +721,14 @@ def limits_paragraph(args, data: dict) -> list[str]:
              "the static route, so with the cores saturated the throughput ratio can "
              f"hardly exceed about {_ratio(static_ms, total):.2f} on this machine, whatever "
              "the concurrency. A "
-             "duplicate delivery skips the database and the dialog (Redis claim and read "
-             f"only) and costs {dup.per(dup.server_cpu):.2f} ms of gunicorn CPU. Every "
-             "command pays Flask's request and form handling, the signature check, a study "
-             "lookup and the sender's users from PostgreSQL, the Redis claim, session load, "
-             "kept reply and session save; then its own reads (SQLAlchemy sessions: the "
-             "STATUS overview, the STOCK summary, the KIT refusal's pending-assignment read "
-             "inside a rolled-back transaction). No lock is shared between senders on the "
+             "duplicate delivery skips the dialog (the sender's lookup, then the Redis "
+             f"claim and read only) and costs {dup.per(dup.server_cpu):.2f} ms of gunicorn "
+             "CPU. Every command pays Flask's request and form handling, the signature "
+             "check, the study and the sender's users from PostgreSQL (one Core statement), "
+             "two Redis round trips (claim with session load, then session with kept "
+             "reply); then its own reads (the STATUS overview: three statements, the STOCK "
+             "summary: one, the KIT refusal's kit lock, idempotency lookup and "
+             "pending-assignment read inside a rolled-back transaction). No lock is shared between senders on the "
              "read path; the committing LANG cell takes the study's audit chain lock."
              + floor_sentence(data.get("profile"))), ""]
 
@@ -741,8 +744,8 @@ def floor_sentence(profile: dict | None) -> str:
     return (f" In-process, HELP, which reads nothing for itself, still costs "
             f"{profile['cpu_ms']['HELP']:.2f} ms of CPU and "
             f"{profile['statements']['HELP']:.0f} SQL statement(s): under the profiler the "
-            f"lookup of the study and the sender's users ({users:.2f} ms, one read session "
-            f"with its pool pre-ping) is {_ratio(users, answer):.0%} of the message's work "
+            f"lookup of the study and the sender's users ({users:.2f} ms, one Core "
+            f"statement on a pooled connection) is {_ratio(users, answer):.0%} of the message's work "
             f"({answer:.2f} ms), before any command runs.")
 
 

@@ -684,7 +684,8 @@ def bench_users(db: Database, count: int) -> list[tuple[str, str, str]]:
     """``count`` site coordinators at site 101 with their own phones and final PINs."""
     users = []
     for n in range(count):
-        code, phone = f"{6001 + n}", f"+3361000{n:04d}"
+        # 8001 up: clear of the demo study's user IDs (5001 to 7001)
+        code, phone = f"{8001 + n}", f"+3361000{n:04d}"
         add_user(db, user_code=code, name=f"Bench caller {n}", role="site_coordinator",
                  sites=[SITE], phone=phone, language="en", pin="1111", actor=ADMIN,
                  study=STUDY_CODE)

@@ -9,10 +9,11 @@ interleave and nobody fails late with "database is locked".
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_SQLITE_FILE = "ivrs.sqlite3"
@@ -40,8 +41,42 @@ def make_engine(url: str | None = None, **kwargs) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 40)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection given back less than this long ago is used without a ping.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, but only for a connection that sat idle in the pool.
+
+    SQLAlchemy's pre-ping is a round trip to the server on every checkout: as
+    many round trips as the statements themselves for a webhook's one-statement
+    reads (may this caller go on, who is texting), under load when every
+    connection was in use a moment ago. A connection that was idle (a quiet
+    night, the database restarted meanwhile) is still pinged, and a dead one is
+    replaced before anyone uses it (``DisconnectionError``: the pool reconnects,
+    the SQLAlchemy-documented recipe). What is left is a server gone within
+    the last second: that request fails and gets the apology (every write is
+    keyed, so its retry acts once), and the pool drops its other connections.
+    """
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record):
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy):
+        idle_since = record.info.pop("checked_in", None)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return  # new, or busy a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise exc.DisconnectionError(f"idle connection lost: {error}") from error
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -81,6 +116,7 @@ class Database:
                    if self.engine.dialect.name == "postgresql" else self.engine)
         self.reads = sessionmaker(readers, expire_on_commit=False,
                                   info={"config_cache": cache})
+        self._readers = readers
 
     @property
     def is_postgres(self) -> bool:
@@ -91,6 +127,15 @@ class Database:
         """One unit of work: commit on success, roll back on any exception."""
         with self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """A Core connection for reads as ``reads`` makes them (autocommit on
+        PostgreSQL), without an ORM session around it: the lookups every webhook
+        request makes first (who is texting, may this caller go on) are one Core
+        statement each, and a session costs more than the statement."""
+        with self._readers.connect() as connection:
+            yield connection
 
     @contextmanager
     def snapshot(self) -> Iterator[Session]:

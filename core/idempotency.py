@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from core.clock import utcnow
@@ -22,20 +22,23 @@ def new_key() -> str:
     return uuid.uuid4().hex
 
 
+_records = IdempotencyRecord.__table__
+# Every committing service asks this (most often to find nothing): three columns
+# by a statement built once, not an ORM object per call.
+_STORED = (select(_records.c.id, _records.c.operation, _records.c.result)
+           .where(_records.c.study_id == bindparam("study_id"), _records.c.key == bindparam("key")))
+
+
 def stored_result(session: Session, study_id: int, key: str, operation: str) -> dict | None:
-    record = session.execute(
-        select(IdempotencyRecord).where(IdempotencyRecord.study_id == study_id,
-                                        IdempotencyRecord.key == key)
-    ).scalar_one_or_none()
+    record = session.execute(_STORED, {"study_id": study_id, "key": key}).one_or_none()
     if record is None:
         return None
-    if record.operation != operation:
-        raise IvrsError(f"idempotency key {key!r} was used for {record.operation}",
-                        code="key_reused")
-    return {**record.result, "confirmation": confirmation_number(record.id)}
+    record_id, used_for, result = record
+    if used_for != operation:
+        raise IvrsError(f"idempotency key {key!r} was used for {used_for}", code="key_reused")
+    return {**result, "confirmation": confirmation_number(record_id)}
 
 
-_records = IdempotencyRecord.__table__
 _STORE = insert(_records).returning(_records.c.id)
 
 

@@ -146,21 +146,22 @@ def users_for_phone(db: Database, *, phone: str | None, dialed: str | None = Non
                     study: str | None = None) -> PhoneUsers:
     """Who may be texting or calling from ``phone``, in the study that ``dialed``
     routes to (or ``study``, or the only study)."""
-    with db.reads() as session:
+    with db.read_connection() as connection:
         rows = []
         if dialed and study is None:
-            rows = session.execute(_USERS_BY_NUMBERS, {"dialed": dialed, "phone": phone}).all()
+            rows = connection.execute(_USERS_BY_NUMBERS,
+                                      {"dialed": dialed, "phone": phone}).all()
         if rows:
             code = rows[0][0]
         else:  # a number no study has: the only study takes it (SPEC §4)
-            ref = study_ref(session, study)
+            ref = study_ref(connection, study)
             code = ref.code
-            rows = session.execute(select(_studies.c.code, _users.c.user_code,
-                                          _users.c.language, _users.c.locked)
-                                   .join(_users, _users.c.study_id == _studies.c.id)
-                                   .where(_studies.c.id == ref.id, _users.c.phone == phone,
-                                          _users.c.active.is_(True))
-                                   .order_by(_users.c.user_code)).all()
+            rows = connection.execute(select(_studies.c.code, _users.c.user_code,
+                                             _users.c.language, _users.c.locked)
+                                      .join(_users, _users.c.study_id == _studies.c.id)
+                                      .where(_studies.c.id == ref.id, _users.c.phone == phone,
+                                             _users.c.active.is_(True))
+                                      .order_by(_users.c.user_code)).all()
     users = [(user_code, language, locked) for _, user_code, language, locked in rows
              if user_code]
     return PhoneUsers(code, tuple(u for u, _, _ in users), users[0][1] if users else None,
@@ -178,8 +179,8 @@ def may_continue(db: Database, *, study: str, user_code: str) -> bool:
     """Whether a user signed in earlier in a call may go on: still active and not
     locked (an administrator's lock or deactivation, or wrong PINs on another
     channel, take effect at the caller's next step). One indexed read."""
-    with db.reads() as session:
-        row = session.execute(_USER_STANDING, {"study": study, "user": user_code}).first()
+    with db.read_connection() as connection:
+        row = connection.execute(_USER_STANDING, {"study": study, "user": user_code}).first()
     return row is not None and row.active and not row.locked
 
 

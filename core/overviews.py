@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from core.actors import ROLES, SITE_ROLES, Actor
 from core.clock import today
 from core.db import Database
-from core.models import Kit, Shipment, Site, SubjectVisit
+from core.models import Kit, Shipment, Site, Study, SubjectVisit
 from core.previews import subject_in_study
 from core.studies import study_ref
 from core.subjects import RANDOMIZED
@@ -43,15 +43,14 @@ def subject_overview(db: Database, *, subject_number: str, actor: Actor,
     actor.require(SITE_ROLES, "see a subject's status")
     with db.reads() as session:
         ref, subject = subject_in_study(session, study, subject_number, actor)
-        last = session.execute(
-            select(SubjectVisit.visit_code, SubjectVisit.occurred_on)
-            .where(SubjectVisit.subject_id == subject.id, SubjectVisit.status == DONE)
-            .order_by(SubjectVisit.occurred_on.desc(), SubjectVisit.id.desc()).limit(1)).first()
+        # Every visit recorded, newest first: the first one done is the last
+        # visit, and all of them are what is no longer due (one read, not two).
+        visits = session.execute(_VISITS_NEWEST_FIRST, {"subject": subject.id}).all()
+        last = next(((code, on) for code, status, on in visits if status == DONE), None)
+        recorded = [code for code, _, _ in visits]
         next_code = window = None
         first = first_randomization(session, subject.id)
         if first is not None and subject.status == RANDOMIZED:
-            recorded = session.scalars(select(SubjectVisit.visit_code).where(
-                SubjectVisit.subject_id == subject.id)).all()
             due = due_visit(supply_config(session, ref).schedule(first.cohort),
                             first.randomized_on, recorded, today())
             if due.visit is not None:
@@ -60,6 +59,12 @@ def subject_overview(db: Database, *, subject_number: str, actor: Actor,
             subject_number, subject.status,
             last[0] if last else None, last[1] if last else None,
             next_code, window[0] if window else None, window[1] if window else None)
+
+
+_VISITS_NEWEST_FIRST = (
+    select(SubjectVisit.visit_code, SubjectVisit.status, SubjectVisit.occurred_on)
+    .where(SubjectVisit.subject_id == bindparam("subject"))
+    .order_by(SubjectVisit.occurred_on.desc(), SubjectVisit.id.desc()))
 
 
 @dataclass(frozen=True)
@@ -88,27 +93,43 @@ def _stock(db: Database, actor: Actor, study: str | None, site: str | None
            ) -> list[SiteStock]:
     if site is not None:
         actor.require_site(site)
+    codes = None  # every site of the study
+    if actor.role in SITE_ROLES and actor.site_codes is not None:
+        codes = set(actor.site_codes)
+    if site is not None:
+        codes = {site} if codes is None else codes & {site}
     with db.reads() as session:
-        ref = study_ref(session, study)
-        query = select(Site.code, Site.id).where(Site.study_id == ref.id)
-        if actor.role in SITE_ROLES and actor.site_codes is not None:
-            query = query.where(Site.code.in_(sorted(actor.site_codes)))
-        if site is not None:
-            query = query.where(Site.code == site)
-        sites = dict(session.execute(query).all())
-        if not sites:
-            return []
-        counts = {(site, status): count for site, status, count in session.execute(
-            select(Kit.site_id, Kit.status, func.count())
-            .where(Kit.study_id == ref.id, Kit.site_id.in_(sites.values()),
-                   Kit.status.in_((AVAILABLE, QUARANTINED)), not_in_open_return())
-            .group_by(Kit.site_id, Kit.status))}
-        incoming = dict(session.execute(
-            select(Shipment.site_id, func.count(Kit.id))
-            .join(Kit, Kit.shipment_id == Shipment.id)
-            .where(Shipment.study_id == ref.id, Shipment.site_id.in_(sites.values()),
-                   Shipment.status == DISPATCHED)
-            .group_by(Shipment.site_id)).all())
-        return [SiteStock(code, counts.get((site_id, AVAILABLE), 0),
-                          counts.get((site_id, QUARANTINED), 0), incoming.get(site_id, 0))
-                for code, site_id in sorted(sites.items())]
+        code = study if study is not None else study_ref(session).code
+        statement = _STOCK_OF_SITES if codes is not None else _STOCK_OF_EVERY_SITE
+        rows = session.execute(statement, {"study": code, "sites": sorted(codes or ())}).all()
+        if not rows:
+            study_ref(session, code)  # an unknown study says so
+    return [SiteStock(*row) for row in sorted(rows)]  # by code, as Python sorts it
+
+
+def _stock_statement(of_sites: bool):
+    """One statement for the whole answer (SMS ``STOCK`` asks it on every
+    message): the sites and their three counts as correlated subqueries, built
+    once at import and bound per call."""
+    sites, studies = Site.__table__, Study.__table__
+
+    def kits_here(status: str):
+        return (select(func.count()).select_from(Kit)
+                .where(Kit.site_id == sites.c.id, Kit.study_id == sites.c.study_id,
+                       Kit.status == status, not_in_open_return())
+                .scalar_subquery())
+
+    incoming = (select(func.count(Kit.id)).select_from(Shipment)
+                .join(Kit, Kit.shipment_id == Shipment.id)
+                .where(Shipment.site_id == sites.c.id, Shipment.study_id == sites.c.study_id,
+                       Shipment.status == DISPATCHED)
+                .scalar_subquery())
+    query = (select(sites.c.code, kits_here(AVAILABLE), kits_here(QUARANTINED), incoming)
+             .join(studies, studies.c.id == sites.c.study_id)
+             .where(studies.c.code == bindparam("study")))
+    if of_sites:
+        query = query.where(sites.c.code.in_(bindparam("sites", expanding=True)))
+    return query
+
+
+_STOCK_OF_SITES, _STOCK_OF_EVERY_SITE = _stock_statement(True), _stock_statement(False)

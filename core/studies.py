@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import NotFound
@@ -30,8 +30,9 @@ class StudyRef:
     languages: tuple[str, ...]
 
 
-def study_ref(session: Session, code: str | None = None) -> StudyRef:
-    """Like ``get_study`` but without loading an ORM object (the services' hot path)."""
+def study_ref(session: Session | Connection, code: str | None = None) -> StudyRef:
+    """Like ``get_study`` but without loading an ORM object (the services' hot path;
+    a Core connection does as well as a session)."""
     if code is not None:
         rows = session.execute(_REF_BY_CODE, {"code": code}).all()
         if not rows:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from core.actors import SITE_ROLES, Actor
@@ -86,16 +86,20 @@ class PendingAssignment:
     assigned_at: datetime
 
 
+# Read by every kit confirmation (SMS KIT, a bare number): built once, bound per call.
+_PENDING = (
+    select(Kit.kit_number, Kit.subject_id, Kit.visit_code, Kit.assigned_at,
+           Subject.subject_number, Site.code)
+    .join(Subject, Subject.id == Kit.subject_id)
+    .join(Site, Site.id == Subject.site_id)
+    .where(Kit.study_id == bindparam("study_id"), Kit.status == ASSIGNED,
+           Kit.assigned_by == bindparam("by"))
+    .order_by(Kit.assigned_at.desc(), Kit.kit_number))
+
+
 def _pending(session: Session, study_id: int, actor: Actor) -> list[PendingAssignment]:
     """The actor's unconfirmed assignments at sites the actor may act at, newest first."""
-    rows = session.execute(
-        select(Kit.kit_number, Kit.subject_id, Kit.visit_code, Kit.assigned_at,
-               Subject.subject_number, Site.code)
-        .join(Subject, Subject.id == Kit.subject_id)
-        .join(Site, Site.id == Subject.site_id)
-        .where(Kit.study_id == study_id, Kit.status == ASSIGNED,
-               Kit.assigned_by == actor.label)
-        .order_by(Kit.assigned_at.desc(), Kit.kit_number)).all()
+    rows = session.execute(_PENDING, {"study_id": study_id, "by": actor.label}).all()
     groups: dict[tuple, list[str]] = {}
     details: dict[tuple, tuple[str, str, datetime]] = {}
     for number, subject_id, visit, assigned_at, subject_number, site in rows:

@@ -11,14 +11,13 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, select
+from sqlalchemy import ColumnElement, bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from core.audit import AuditLog
 from core.clock import utcnow
-from core.models import Study
+from core.models import Kit, KitReturn, ReturnKit, Study
 from core.supply.lifecycle import move
-from core.models import Kit, KitReturn, ReturnKit
 
 # A return is open from its declaration until the depot receives it (or it is rejected).
 OPEN_RETURN_STATUSES = ("declared", "approved")
@@ -52,13 +51,15 @@ def not_in_open_return() -> ColumnElement[bool]:
                            KitReturn.status.in_(OPEN_RETURN_STATUSES))
 
 
+_LOCK_KITS = (select(Kit).where(Kit.study_id == bindparam("study_id"),
+                                Kit.kit_number.in_(bindparam("numbers", expanding=True)))
+              .order_by(Kit.kit_number).with_for_update())
+
+
 def lock_kits(session: Session, study_id: int, kit_numbers: list[str]) -> dict[str, Kit]:
     """The kits by number, row-locked in a fixed order (kit number) so that two
     services locking overlapping sets can never deadlock."""
-    kits = session.scalars(
-        select(Kit).where(Kit.study_id == study_id, Kit.kit_number.in_(kit_numbers))
-        .order_by(Kit.kit_number).with_for_update()
-    ).all()
+    kits = session.scalars(_LOCK_KITS, {"study_id": study_id, "numbers": kit_numbers}).all()
     return {kit.kit_number: kit for kit in kits}
 
 

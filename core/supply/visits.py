@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from core.errors import Refused
-from core.models import Randomization, RandomizationEvent
+from core.models import Randomization, RandomizationEvent, SubjectVisit
 from core.randomization.strata import parse_key
-from core.models import SubjectVisit
 
 DONE, MISSED = "done", "missed"
 
@@ -136,14 +135,17 @@ class FirstRandomization:
     cohort: str | None
 
 
+# Asked on every dispensing and every SMS STATUS: built once, bound per call.
+_FIRST_RANDOMIZATION = (
+    select(Randomization.arm_id, Randomization.randomized_at, Randomization.stratum_key)
+    .join(RandomizationEvent, RandomizationEvent.id == Randomization.event_id)
+    .where(Randomization.subject_id == bindparam("subject"))
+    .order_by(RandomizationEvent.position, Randomization.randomized_at).limit(1))
+
+
 def first_randomization(session: Session, subject_id: int) -> FirstRandomization | None:
     """The subject's first randomization (treatment arm, day 0, cohort)."""
-    row = session.execute(
-        select(Randomization.arm_id, Randomization.randomized_at, Randomization.stratum_key)
-        .join(RandomizationEvent, RandomizationEvent.id == Randomization.event_id)
-        .where(Randomization.subject_id == subject_id)
-        .order_by(RandomizationEvent.position, Randomization.randomized_at).limit(1)
-    ).first()
+    row = session.execute(_FIRST_RANDOMIZATION, {"subject": subject_id}).first()
     if row is None:
         return None
     arm_id, randomized_at, key = row

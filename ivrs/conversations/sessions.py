@@ -25,10 +25,19 @@ class SessionStore(Protocol):
 
     def save(self, key: str, data: dict[str, Any], ttl: int) -> None: ...
 
+    def save_all(self, items: list[tuple[str, dict[str, Any], int]]) -> None:
+        """Several ``save``s (key, data, ttl) at once: one round trip to Redis."""
+        ...
+
     def delete(self, key: str) -> None: ...
 
     def claim(self, key: str, ttl: int) -> bool:
         """Set ``key`` if nobody has: True for the first caller only (atomic)."""
+        ...
+
+    def claim_and_load(self, claim: str, ttl: int, key: str | None
+                       ) -> tuple[bool, dict[str, Any] | None]:
+        """``claim(claim, ttl)`` and ``load(key)`` (None: no load) in one round trip."""
         ...
 
     def ping(self) -> bool: ...
@@ -59,6 +68,10 @@ class MemorySessionStore:
             if len(self._data) > 10_000:
                 self._expire()
 
+    def save_all(self, items: list[tuple[str, dict[str, Any], int]]) -> None:
+        for key, data, ttl in items:
+            self.save(key, data, ttl)
+
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
@@ -70,6 +83,10 @@ class MemorySessionStore:
                 return False
             self._data[key] = (time.monotonic() + ttl, "{}")
             return True
+
+    def claim_and_load(self, claim: str, ttl: int, key: str | None
+                       ) -> tuple[bool, dict[str, Any] | None]:
+        return self.claim(claim, ttl), (self.load(key) if key is not None else None)
 
     def ping(self) -> bool:
         return True
@@ -105,6 +122,17 @@ class RedisSessionStore:
         except self._errors as error:
             raise SessionStoreError(str(error)) from error
 
+    def save_all(self, items: list[tuple[str, dict[str, Any], int]]) -> None:
+        # A pipeline, not a transaction (MULTI): the writes are independent, and
+        # each one is a round trip and most of redis-py's per-command cost.
+        pipe = self._redis.pipeline(transaction=False)
+        for key, data, ttl in items:
+            pipe.set(self.PREFIX + key, json.dumps(data, separators=(",", ":")), ex=ttl)
+        try:
+            pipe.execute()
+        except self._errors as error:
+            raise SessionStoreError(str(error)) from error
+
     def delete(self, key: str) -> None:
         try:
             self._redis.delete(self.PREFIX + key)
@@ -116,6 +144,19 @@ class RedisSessionStore:
             return bool(self._redis.set(self.PREFIX + key, "{}", ex=ttl, nx=True))
         except self._errors as error:
             raise SessionStoreError(str(error)) from error
+
+    def claim_and_load(self, claim: str, ttl: int, key: str | None
+                       ) -> tuple[bool, dict[str, Any] | None]:
+        if key is None:
+            return self.claim(claim, ttl), None
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self.PREFIX + claim, "{}", ex=ttl, nx=True)
+        pipe.get(self.PREFIX + key)
+        try:
+            claimed, raw = pipe.execute()
+        except self._errors as error:
+            raise SessionStoreError(str(error)) from error
+        return bool(claimed), None if raw is None else json.loads(raw)
 
     def ping(self) -> bool:
         try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from core import fields
 from core.db import Database
-from core.login import users_for_phone
+from core.login import PhoneUsers, users_for_phone
 from core.security_events import security_event
 from dialogs.output import Say
 from dialogs.sms import SESSION_IDLE_SECONDS, TextContext, new_session, run
@@ -70,8 +70,14 @@ def parse_request(form: dict[str, str]) -> TextRequest:
 def answer(db: Database, store: SessionStore, request: TextRequest) -> str:
     """The TwiML reply to one message (exceptions are the webhook's to turn into
     an apology)."""
+    # Who is texting first, then the claim and the sender's session in one round
+    # trip to the store (the session's key names the study). A repeat delivery
+    # pays this one read too, and does nothing else.
+    users = users_for_phone(db, phone=request.sender, dialed=request.to)
+    key = f"sms:{users.study}:{request.sender}" if users.user_codes else None
     kept_key = f"sms:reply:{request.message_sid}"
-    if not store.claim(kept_key, CLAIM_SECONDS):
+    claimed, session = store.claim_and_load(kept_key, CLAIM_SECONDS, key)
+    if not claimed:
         kept = _reply_of_first_delivery(store, kept_key)
         if kept is None:
             log.warning("sms %s delivered again while its first delivery is unanswered: "
@@ -80,11 +86,14 @@ def answer(db: Database, store: SessionStore, request: TextRequest) -> str:
         log.info("sms %s delivered again: same reply, nothing done", request.message_sid)
         return kept
     try:
-        twiml = _answer(db, store, request)
+        twiml, session_writes = _answer(db, store, request, users, session)
     except Exception:
         store.delete(kept_key)  # not answered: a retry must run again
         raise
-    store.save(kept_key, {"twiml": twiml}, REPLY_KEPT_SECONDS)
+    # The sender's session and the kept reply in one round trip. A message whose
+    # reply failed to render saves no session either: its retry starts from the
+    # same state, and what it did is keyed by its MessageSid (acts once).
+    store.save_all([*session_writes, (kept_key, {"twiml": twiml}, REPLY_KEPT_SECONDS)])
     return twiml
 
 
@@ -99,13 +108,17 @@ def _reply_of_first_delivery(store: SessionStore, kept_key: str) -> str | None:
         time.sleep(0.1)
 
 
-def _answer(db: Database, store: SessionStore, request: TextRequest) -> str:
-    users = users_for_phone(db, phone=request.sender, dialed=request.to)
+SessionWrite = tuple[str, dict, int]  # key, session, seconds it is kept
+
+
+def _answer(db: Database, store: SessionStore, request: TextRequest, users: PhoneUsers,
+            session: dict | None) -> tuple[str, list[SessionWrite]]:
+    """The reply, and the session to save with it (none for an unknown sender or
+    a session that just ended). ``session``: the sender's, as stored (None: none)."""
     study = users.study
     if not users.user_codes:
-        return _unknown_sender(store, study, request)
+        return _unknown_sender(store, study, request), []
     key = f"sms:{study}:{request.sender}"
-    session = store.load(key)
     signed_in = (session or {}).get("user", {}).get("user_code")
     if session is None or (signed_in and signed_in not in users.user_codes):
         # New, or its user was deactivated since: the phone starts over.
@@ -113,13 +126,12 @@ def _answer(db: Database, store: SessionStore, request: TextRequest) -> str:
     elif signed_in in users.locked:
         # Locked since (wrong PINs on a call, an administrator): the session ends now.
         store.delete(key)
-        return reply([Say("error.locked")], session["language"])
+        return reply([Say("error.locked")], session["language"]), []
     ctx = TextContext(db, study, request.message_sid, request.sender, users.user_codes)
     before = session["state"]
     says = run(session, ctx, request.body)
     log.info("sms %s: %s -> %s", request.message_sid, before, session["state"])
-    store.save(key, session, SESSION_IDLE_SECONDS)
-    return reply(says, session["language"])
+    return reply(says, session["language"]), [(key, session, SESSION_IDLE_SECONDS)]
 
 
 def _unknown_sender(store: SessionStore, study: str, request: TextRequest) -> str:
