@@ -19,7 +19,10 @@ arm). An unblinded role also gets stock per kit type and the lot of expiring
 kits. **Cost**: every part is a GROUP BY whose answer is sized sites, days or
 weeks, expiry dates and caps, never subjects or kits (see
 bench/bench_dashboard.py); the existing indexes serve them (subjects by site,
-kits by study).
+kits by study). And they are read once per version of the study, not once per
+page: ``current`` remembers the answer under the study's audit head and the
+reader (see there); a page opened again with nothing changed costs the head's
+lookup and the audit state.
 """
 
 from __future__ import annotations
