@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from core.actors import ROLES, SITE_ROLES, Actor
 from core.approvals import PENDING, ApprovalRow, count_approvals
+from core.audit import GENESIS
 from core.audit_checkpoints import ChainState, chain_state
 from core.clock import today as system_today
 from core.clock import utcnow
@@ -144,12 +145,13 @@ def current(db: Database, *, actor: Actor, study: str | None = None,
         ref = study_ref(session, study)
         head = session.execute(select(AuditHead.seq, AuditHead.hash)
                                .where(AuditHead.study_id == ref.id)).first()
-        seq, hash_ = tuple(head) if head is not None else (0, None)
+        seq, hash_ = tuple(head) if head is not None else (0, GENESIS)
         version = (ref.id, seq, hash_, day, now, reader.role, reader.blinded,
                    reader.site_codes)
         data = _remembered(db, ref.id).get(
             version, lambda: _read(db, session, ref.id, ref.code, reader, day, now), seq)
-        audit = chain_state(session, ref.id) if _may(reader, SPONSOR_ROLES) else None
+        audit = (chain_state(session, ref.id, head=(seq, hash_))
+                 if _may(reader, SPONSOR_ROLES) else None)
     return Current(replace(data, audit=audit), version, ref.id, seq)
 
 
