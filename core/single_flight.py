@@ -78,6 +78,14 @@ class SingleFlightCache(Generic[T]):
                 self._flights.pop(key, None)
             flight.done.set()
 
+    def peek(self, key: Hashable) -> T | None:
+        """The answer remembered for ``key``, or None; computes nothing."""
+        with self._lock:
+            if key not in self._answers:
+                return None
+            self._answers.move_to_end(key)
+            return self._answers[key][1]
+
     def _store(self, key: Hashable, value: T, generation: int) -> None:
         if generation < self.generation:
             return  # already superseded

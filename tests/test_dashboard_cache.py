@@ -9,6 +9,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import event
 from test_dashboard import (
     AT_101,
     AT_102,
@@ -101,3 +102,25 @@ def test_another_day_is_another_answer(db, day):
     later = current(db, actor=MANAGER, today=TODAY + timedelta(days=20))
     assert by_code(later.data.stock_by_site)["103"].dispensable == 0
     assert by_code(current(db, actor=MANAGER).data.stock_by_site)["103"].dispensable == 1
+
+
+
+def _selects(db, call) -> int:
+    """SELECT statements sent during ``call()``."""
+    sent = []
+
+    def count(conn, cursor, statement, *rest):
+        if statement.lstrip().upper().startswith("SELECT"):
+            sent.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        call()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    return len(sent)
+
+
+def test_a_reader_without_audit_state_is_answered_from_memory_after_two_lookups(db, day):
+    assert _selects(db, lambda: current(db, actor=AT_101)) > 2  # read
+    assert _selects(db, lambda: current(db, actor=AT_101)) == 2  # the study and its head

@@ -140,3 +140,11 @@ def test_when_the_computation_fails_each_waiter_meets_its_own_and_nothing_is_kep
     answers = _run_together(cache, compute, 3, watched)
     assert len(answers) == 3 and all(isinstance(a, RuntimeError) for a in answers)
     assert len(calls) == 3 and len(cache) == 0
+
+
+def test_peek_answers_what_is_remembered_and_computes_nothing():
+    calls, compute = counting({"a": 1})
+    cache = SingleFlightCache(2)
+    assert cache.peek("a") is None
+    cache.get("a", compute("a"))
+    assert cache.peek("a") == 1 and calls == ["a"]
