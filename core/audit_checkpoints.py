@@ -109,10 +109,12 @@ class ChainState:
 
 
 def chain_state(session: Session, study_id: int, *,
-                max_rows: int = MAX_ROWS_CHECKED_NOW) -> ChainState:
+                max_rows: int = MAX_ROWS_CHECKED_NOW,
+                head: tuple[int, str] | None = None) -> ChainState:
     """The chain's state from its newest checkpoint (see the module's docstring).
-    Read it in one snapshot (``Database.snapshot``)."""
-    rows, head_hash = _head(session, study_id)
+    Read it in one snapshot (``Database.snapshot``); ``head``: the chain's head
+    (seq, hash) as already read in that snapshot."""
+    rows, head_hash = head if head is not None else _head(session, study_id)
     checkpoint = session.execute(
         select(AuditEvent.seq, AuditEvent.at, AuditEvent.new)
         .where(AuditEvent.study_id == study_id, AuditEvent.action == VERIFIED)

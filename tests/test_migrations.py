@@ -5,7 +5,7 @@ from core.migrate import current_revision, upgrade
 
 
 def test_migrations_reach_head_and_are_rerunnable(db):
-    assert current_revision(db.engine) == "0008"
+    assert current_revision(db.engine) == "0009"
     upgrade(db.engine)  # idempotent: "create or upgrade"
     tables = set(inspect(db.engine).get_table_names())
     assert {"studies", "subjects", "randomizations", "audit_events", "list_entries"} <= tables

@@ -447,7 +447,10 @@ class AuditEvent(Base):
     """Append-only, hash-chained (one chain per study; see core.audit)."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (UniqueConstraint("study_id", "seq"),)
+    # By action, newest first: the newest checkpoint (core.audit_checkpoints) of a
+    # study is the first entry of a range, not a walk back through every row.
+    __table_args__ = (UniqueConstraint("study_id", "seq"),
+                      Index("ix_audit_events_study_id_action_seq", "study_id", "action", "seq"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
