@@ -83,5 +83,18 @@ def check_pin(pin_hash: str | None, pin: str) -> bool:
     return check_secret(pin_hash, pin)
 
 
-def needs_rehash(pin_hash: str) -> bool:
-    return HASHER.check_needs_rehash(pin_hash)
+def needs_rehash(secret_hash: str) -> bool:
+    """Whether a hash was made under other argon2 parameters than ``HASHER``'s."""
+    try:
+        return HASHER.check_needs_rehash(secret_hash)
+    except (InvalidHashError, ValueError):  # not an argon2 hash: nothing to upgrade
+        return False
+
+
+def rehashed(secret_hash: str | None, secret: str) -> str | None:
+    """``secret`` hashed anew when ``secret_hash``, just checked right against it,
+    was made under older parameters (a deployment raised ``HASHER``'s); else None.
+    Only a right secret can be rehashed: the hash alone cannot be upgraded."""
+    if not secret_hash or not secret or not needs_rehash(secret_hash):
+        return None
+    return hash_secret(secret)
