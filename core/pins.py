@@ -8,7 +8,8 @@ guessing without the pepper pointless and must stay affordable when 50 callers
 log in at once: m=19 MiB, t=2, p=1 (OWASP's minimum for argon2id) costs about
 17 ms and 19 MiB per check on a 2-core machine, against 116 ms and 64 MiB for
 argon2-cffi's defaults. Parameters are stored in each hash, so raising them
-later rehashes on the next successful login (``needs_rehash``).
+later rehashes each PIN and password at its next successful sign-in
+(``rehashed``, applied by ``core.rehash``).
 
 Web passwords (``core.passwords``) are hashed the same way, with the same
 pepper: ``hash_secret`` and ``check_secret`` are what both share.
