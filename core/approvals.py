@@ -46,6 +46,21 @@ JOB = Actor(role="admin", channel="job")  # who expires requests: the scheduled 
 
 
 @dataclass(frozen=True)
+class About:
+    """What a request is about, as a code and its parameters: each door says it
+    in its reader's words (the console: ``web.approvals.about.<code>``). Like a
+    refusal's message, ``english`` is the wording of the CLI, the API and the
+    logs, which are in English. Blinded: no parameter names an arm or a kit type."""
+
+    code: str
+    params: Mapping[str, Any]
+    english: str
+
+    def __str__(self) -> str:
+        return self.english
+
+
+@dataclass(frozen=True)
 class Gate:
     """What one kind of gated action does. Each function runs inside the
     transaction of the step, with the approval row locked."""
@@ -55,8 +70,8 @@ class Gate:
     # (call, approval, status, reason) -> details for the decision's result
     decided: Callable[[ServiceCall, Approval, str, str | None], dict[str, Any]]
     expired: Callable[[ServiceCall, Approval], None]
-    # (session, approval) -> what the request is about, blinded ("return of 3 kits ...")
-    describe: Callable[[Session, Approval], str]
+    # (session, approval) -> what the request is about, blinded (never an arm)
+    describe: Callable[[Session, Approval], About]
 
 
 Gates = Mapping[str, Gate]  # by kind
@@ -207,7 +222,7 @@ class ApprovalRow:
     kind: str
     site: str | None
     status: str
-    about: str
+    about: About
     requested_by: str
     requested_at: datetime
     expires_at: datetime

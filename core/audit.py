@@ -142,12 +142,44 @@ def _lock_head(session: Session, study_id: int) -> tuple[int, str]:
     return row.seq, row.hash
 
 
-@dataclass
+# Why a chain is broken, by code: the English of the CLI, the logs and the record
+# of a verification. A door with readers in other languages words the code itself
+# (the console: ``web.audit.break.<code>``) with the same parameters.
+BREAKS = {
+    "rows_removed": "sequence jumps from {previous} to {found}: rows were removed",
+    "duplicate_seq": "duplicate sequence",
+    "not_linked": "does not link to the previous row (inserted or reordered)",
+    "altered": "content altered (hash mismatch)",
+    "rows_removed_at_end": "chain head says seq {head} but the rows end at {last}: "
+                           "rows were removed from the end",
+}
+
+
+@dataclass(frozen=True)
 class ChainBreak:
     study_id: int
     seq: int
-    audit_id: int | None
-    problem: str
+    audit_id: int | None  # None: the break is at the chain's head
+    code: str  # one of BREAKS
+    params: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def problem(self) -> str:
+        return BREAKS[self.code].format(**self.params)
+
+    def record(self) -> dict[str, Any]:
+        """The break as a verification's audit row keeps it (``from_record``)."""
+        return {"seq": self.seq, "audit_id": self.audit_id, "code": self.code,
+                "params": dict(self.params)}
+
+    @classmethod
+    def from_record(cls, study_id: int, found: dict[str, Any] | None) -> ChainBreak | None:
+        """The break a verification recorded; None for a record without one (made
+        before breaks were recorded by code, or of an unknown code)."""
+        if not isinstance(found, dict) or found.get("code") not in BREAKS:
+            return None
+        return cls(study_id, int(found["seq"]), found.get("audit_id"), found["code"],
+                   {key: int(value) for key, value in (found.get("params") or {}).items()})
 
     def __str__(self) -> str:
         where = f"audit row id {self.audit_id}" if self.audit_id is not None else "chain head"
@@ -170,24 +202,23 @@ def verify(session: Session, study_id: int, *,
     )
     for row in rows:
         expected_seq += 1
+        if row.seq > expected_seq:
+            return ChainBreak(study_id, row.seq, row.id, "rows_removed",
+                              {"previous": expected_seq - 1, "found": row.seq})
         if row.seq != expected_seq:
-            problem = (f"sequence jumps from {expected_seq - 1} to {row.seq}: "
-                       "rows were removed" if row.seq > expected_seq else "duplicate sequence")
-            return ChainBreak(study_id, row.seq, row.id, problem)
+            return ChainBreak(study_id, row.seq, row.id, "duplicate_seq")
         if row.prev_hash != prev:
-            return ChainBreak(study_id, row.seq, row.id,
-                              "does not link to the previous row (inserted or reordered)")
+            return ChainBreak(study_id, row.seq, row.id, "not_linked")
         digest = row_hash(study_id=row.study_id, seq=row.seq, at=row.at, actor=row.actor,
                           action=row.action, entity_type=row.entity_type,
                           entity_id=row.entity_id, reason=row.reason, old=row.old,
                           new=row.new, prev_hash=row.prev_hash,
                           transaction_id=row.transaction_id)
         if digest != row.hash:
-            return ChainBreak(study_id, row.seq, row.id, "content altered (hash mismatch)")
+            return ChainBreak(study_id, row.seq, row.id, "altered")
         prev = row.hash
     head = session.get(AuditHead, study_id)
     if head is not None and (head.seq != expected_seq or head.hash != prev):
-        return ChainBreak(study_id, head.seq, None,
-                          f"chain head says seq {head.seq} but the rows end at {expected_seq}: "
-                          "rows were removed from the end")
+        return ChainBreak(study_id, head.seq, None, "rows_removed_at_end",
+                          {"head": head.seq, "last": expected_seq})
     return None

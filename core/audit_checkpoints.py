@@ -54,7 +54,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from core.actors import Actor
-from core.audit import GENESIS, AuditLog, verify
+from core.audit import GENESIS, AuditLog, ChainBreak, verify
 from core.clock import as_utc, utcnow
 from core.db import Database
 from core.models import AuditEvent, AuditHead
@@ -93,7 +93,9 @@ def record_verification(db: Database, *, actor: Actor,
         audit = AuditLog(ref.id, actor.label)
         audit.record(VERIFIED, "audit_chain", ref.code, new={
             "intact": found.intact, "through_seq": through, "through_hash": through_hash,
-            "problem": found.problem})
+            "problem": found.problem,
+            # by code too: the dashboard words it in its reader's language
+            **({} if problem is None else {"break": problem.record()})})
         audit.seal(session)
     return found
 
@@ -105,7 +107,8 @@ class ChainState:
     fully_checked_at: datetime | None  # when the whole chain was last recomputed
     fully_checked_through: int | None  # the last row that full check covered
     checked_now_through: int | None  # rows after that, up to this one, checked just now
-    problem: str | None
+    problem: str | None  # in English (logs, the API); ``chain_break`` is it by code
+    chain_break: ChainBreak | None = None
 
 
 def chain_state(session: Session, study_id: int, *,
@@ -124,18 +127,19 @@ def chain_state(session: Session, study_id: int, *,
             return ChainState(UNCHECKED, rows, None, None, None, None)
         problem = verify(session, study_id)
         return ChainState(INTACT if problem is None else BROKEN, rows, utcnow(), rows, None,
-                          None if problem is None else str(problem))
+                          None if problem is None else str(problem), problem)
     at, found = as_utc(checkpoint.at), checkpoint.new or {}
     through = int(found.get("through_seq", 0))
     if not found.get("intact"):
-        return ChainState(BROKEN, rows, at, through, None, found.get("problem"))
+        return ChainState(BROKEN, rows, at, through, None, found.get("problem"),
+                          ChainBreak.from_record(study_id, found.get("break")))
     if rows - through > max_rows:
         return ChainState(UNCHECKED, rows, at, through, None, None)
     through_hash = found.get("through_hash", GENESIS)
     problem = _verify_tail(session, study_id, (checkpoint.seq, through, through_hash),
                            (rows, head_hash))
     return ChainState(INTACT if problem is None else BROKEN, rows, at, through, rows,
-                      None if problem is None else str(problem))
+                      None if problem is None else str(problem), problem)
 
 
 # --- the rows after the checkpoint, remembered --------------------------------------------

@@ -19,6 +19,7 @@ from core.fields import is_digits
 from core.lockout import locked, record_failure, record_success
 from core.models import Study, StudyPhoneNumber, User
 from core.pins import check_pin, hash_pin, is_valid_pin
+from core.rehash import PIN, upgrade_hash
 from core.service import service_call
 from core.studies import study_ref
 
@@ -56,6 +57,7 @@ def sign_in(db: Database, *, user_code: str, pin: str, channel: str,
             failure = record_failure(call, user, "pin_failed", channel=channel)
         else:
             record_success(user)
+            upgrade_hash(call, user, PIN, pin)
             # Signing in is on the record: the user-activity report reads it.
             call.audit.record("signed_in", "user", user.user_code, new={"channel": channel})
             call.finish({})

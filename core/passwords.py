@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from core.pins import check_secret, hash_secret
+from core.pins import check_secret, hash_secret, rehashed
 
 MIN_LENGTH, MAX_LENGTH = 12, 128
 
@@ -60,6 +60,11 @@ def check_password(password_hash: str | None, password: str) -> bool:
         check_secret(_dummy_hash(), password or "-")
         return False
     return check_secret(password_hash, password)
+
+
+def rehashed_password(password_hash: str | None, password: str) -> str | None:
+    """``core.pins.rehashed`` of a password (normalized as it was when hashed)."""
+    return rehashed(password_hash, normalized(password or ""))
 
 
 _DUMMY_HASH: str | None = None

@@ -8,7 +8,8 @@ guessing without the pepper pointless and must stay affordable when 50 callers
 log in at once: m=19 MiB, t=2, p=1 (OWASP's minimum for argon2id) costs about
 17 ms and 19 MiB per check on a 2-core machine, against 116 ms and 64 MiB for
 argon2-cffi's defaults. Parameters are stored in each hash, so raising them
-later rehashes on the next successful login (``needs_rehash``).
+later rehashes each PIN and password at its next successful sign-in
+(``rehashed``, applied by ``core.rehash``).
 
 Web passwords (``core.passwords``) are hashed the same way, with the same
 pepper: ``hash_secret`` and ``check_secret`` are what both share.
@@ -83,5 +84,18 @@ def check_pin(pin_hash: str | None, pin: str) -> bool:
     return check_secret(pin_hash, pin)
 
 
-def needs_rehash(pin_hash: str) -> bool:
-    return HASHER.check_needs_rehash(pin_hash)
+def needs_rehash(secret_hash: str) -> bool:
+    """Whether a hash was made under other argon2 parameters than ``HASHER``'s."""
+    try:
+        return HASHER.check_needs_rehash(secret_hash)
+    except (InvalidHashError, ValueError):  # not an argon2 hash: nothing to upgrade
+        return False
+
+
+def rehashed(secret_hash: str | None, secret: str) -> str | None:
+    """``secret`` hashed anew when ``secret_hash``, just checked right against it,
+    was made under older parameters (a deployment raised ``HASHER``'s); else None.
+    Only a right secret can be rehashed: the hash alone cannot be upgraded."""
+    if not secret_hash or not secret or not needs_rehash(secret_hash):
+        return None
+    return hash_secret(secret)

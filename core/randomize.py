@@ -42,7 +42,14 @@ from core.randomization.strata import cap_matches, stratum_key
 from core.service import service_call
 from core.studies import StudyRef, bump_config_version
 from core.study_config import EventConfig, StudyConfig, own_config, share_config, study_config
-from core.subjects import ENROLLING_ROLES, RANDOMIZED, SCREENED, lock_subject_row, record_status
+from core.subjects import (
+    ENROLLING_ROLES,
+    RANDOMIZED,
+    SCREENED,
+    lock_subject_row,
+    randomized_reason,
+    record_status,
+)
 from core.supply.dispensing import (
     STOCK_REFUSAL,
     dispense_first_visit,
@@ -146,7 +153,7 @@ def _randomize(call, config: StudyConfig, subject, event: EventConfig,
     # Writes that do not depend on the assignment go first, so that the
     # stratum's lock (taken by the method) is held for as few statements as possible.
     if subject.status == SCREENED:
-        record_status(session, call, subject, RANDOMIZED, f"randomized ({event.code})")
+        record_status(session, call, subject, RANDOMIZED, randomized_reason(event.code))
     ctx = AssignmentContext(session=session, event=event, arms=config.arms, stratum_key=key,
                             attributes=attributes, subject_id=subject.id)
     try:

@@ -40,6 +40,7 @@ from core.models import (
 )
 from core.previews import subject_in_study
 from core.studies import StudyRef, study_ref
+from core.subjects import reason_parts
 from core.supply.dispensing import supply_config
 from core.supply.visits import due_visit, first_randomization
 
@@ -201,6 +202,11 @@ class StatusEntry:
     at: datetime
     by: str | None
     reason: str | None
+
+    @property
+    def reason_parts(self) -> tuple[str | None, dict[str, str]]:
+        """The reason as a code and parameters (``core.subjects.reason_parts``)."""
+        return reason_parts(self.reason)
 
 
 @dataclass(frozen=True)

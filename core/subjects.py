@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, insert, select, update
@@ -146,6 +147,26 @@ def lock_subject_row(session: Session, study_id: int, subject_number: str) -> Su
     if row is None:
         raise NotFound(f"no subject {subject_number}", code="unknown_subject")
     return SubjectRow(*row)
+
+
+# A randomization's history row names its event in the reason; the reason is text
+# (a screen failure's may be typed through the API), so the rule that writes it
+# also reads it back apart, for the doors that word it in their reader's language.
+_RANDOMIZED_REASON = re.compile(r"randomized \((?P<event>[^()]*)\)")
+
+
+def randomized_reason(event_code: str) -> str:
+    return f"randomized ({event_code})"
+
+
+def reason_parts(reason: str | None) -> tuple[str | None, dict[str, str]]:
+    """A history row's reason as a code and its parameters: ``("randomized",
+    {"event": "R1"})`` for a randomization's, else the reason itself (a code a
+    user chose, ``adverse_event``, or text typed through the API), no parameters."""
+    found = _RANDOMIZED_REASON.fullmatch(reason or "")
+    if found is not None:
+        return "randomized", {"event": found["event"]}
+    return reason, {}
 
 
 def record_status(session: Session, call: ServiceCall, subject: SubjectRow, new: str,

@@ -257,13 +257,16 @@ def _expired(call: ServiceCall, approval: Approval) -> None:
            params={"number": unblinding.number, "subject": subject.subject_number})
 
 
-def _describe(session: Session, approval: Approval) -> str:
+def _describe(session: Session, approval: Approval) -> approvals.About:
     unblinding = session.execute(select(Unblinding).where(
         Unblinding.study_id == approval.study_id,
         Unblinding.number == approval.number)).scalar_one()
     subject = session.get(Subject, unblinding.subject_id)
-    return (f"emergency unblinding of subject {subject.subject_number} "
-            f"({unblinding.reason.replace('_', ' ')})")
+    # The reason is one of REASONS (a code a door words with ``reason.<code>``).
+    return approvals.About(
+        "unblinding", {"subject": subject.subject_number, "reason": unblinding.reason},
+        f"emergency unblinding of subject {subject.subject_number} "
+        f"({unblinding.reason.replace('_', ' ')})")
 
 
 GATE = approvals.Gate("unblinding", _approver_roles, _decided, _expired, _describe)

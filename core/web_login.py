@@ -34,6 +34,7 @@ from core.lockout import locked, record_failure, record_success
 from core.login import locked_user_row
 from core.models import Study, User
 from core.passwords import check_password
+from core.rehash import PASSWORD, upgrade_hash
 from core.service import service_call
 from core.studies import study_ref
 from core.web_accounts import invite, invited_user, redeem_invite, reset_totp, set_password
@@ -78,6 +79,8 @@ def sign_in_password(db: Database, *, user_code: str, password: str, study: str 
             failure = record_failure(call, user, "password_failed", channel=CHANNEL,
                                      message=_BAD_CREDENTIALS)
         else:
+            # The password is right whatever the second factor says next.
+            upgrade_hash(call, user, PASSWORD, password)
             second_factor = _second_factor(user, _options(call))
             if second_factor == NO_SECOND_FACTOR:
                 _signed_in(call, user, "password")

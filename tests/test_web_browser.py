@@ -374,7 +374,7 @@ def test_a_project_manager_approves_an_unblinding_with_an_e_signature(approval_c
         assert axe_violations(page) == []
         approve = page.get_by_role("group", name="Approve")
         expect(approve).to_contain_text(f"I approve request {request}: emergency unblinding of "
-                                        f"subject {subject} (medical emergency).")
+                                        f"subject {subject} (a medical emergency).")
         approve.get_by_label("Your password, to sign").fill(PASSWORD)
         approve.get_by_role("button", name="Sign and approve").click()
         expect(page.get_by_role("status")).to_contain_text(f"Request {request} is approved.")

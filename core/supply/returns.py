@@ -288,11 +288,13 @@ def _return_expired(call: ServiceCall, approval: Approval) -> None:
            params={"return": kit_return.return_number})
 
 
-def _describe_return(session: Session, approval: Approval) -> str:
+def _describe_return(session: Session, approval: Approval) -> approvals.About:
     kit_return = session.scalar(select(KitReturn).where(
         KitReturn.study_id == approval.study_id, KitReturn.return_number == approval.number))
     count = session.scalar(select(func.count()).where(ReturnKit.return_id == kit_return.id))
-    return f"return of {count} kit{'s' if count != 1 else ''} to the depot"
+    # How many kits, never of which type: per-type counts would tell the site's arms.
+    return approvals.About("return", {"count": count},
+                           f"return of {count} kit{'s' if count != 1 else ''} to the depot")
 
 
 GATE = approvals.Gate("return", lambda session, study_id: APPROVER_ROLES, _return_decided,

@@ -24,7 +24,8 @@ def list_approvals(ctx: Context, *, query: m.ApprovalsQuery) -> m.ApprovalsOut:
     """Newest first; what a request is about never names an arm."""
     rows = gates.visible_approvals(ctx.db, actor=ctx.actor, study=ctx.study,
                                    status=query.status)
-    return m.ApprovalsOut(approvals=[m.ApprovalOut(**vars(row)) for row in rows])
+    return m.ApprovalsOut(approvals=[m.ApprovalOut(**{**vars(row), "about": str(row.about)})
+                                     for row in rows])
 
 
 @operation("POST", "/approvals/{number}/decision", tag="approvals",

@@ -8,12 +8,13 @@ requesting investigator, later, on that investigator's own signed step)."""
 
 from __future__ import annotations
 
-from flask import request
+from flask import g, request
 
 from core import gates
 from core.approvals import PENDING, STATUSES, ApprovalRow
 from core.errors import IvrsError
 from ivrs.web.base import actor, blueprint, db, page, refusal_text, user, words
+from ivrs.web.descriptions import about_text
 from ivrs.web.signed import form_key, new_form_key, signed_refusal, signed_step, status_for
 
 # decision -> the meaning of its signature
@@ -93,7 +94,8 @@ def _refusal(row) -> IvrsError | None:
 def _meaning(row, decision: str) -> str:
     """What the signature means, in the reader's words: shown on the form and
     recorded with the signature, word for word."""
-    return words(MEANINGS[decision], number=row.number, about=row.about)
+    return words(MEANINGS[decision], number=row.number,
+                 about=about_text(row.about, g.language))
 
 
 def _decision_page(row, status: int = 200, *, error: str | None = None,

@@ -24,6 +24,7 @@ from core.login import may_continue
 from ivrs.render.speech import template
 from ivrs.web import sessions
 from ivrs.web.access import exists_in, may_open, pages_for
+from ivrs.web.descriptions import about_text, break_text, history_reason_text
 from ivrs.web.i18n import (
     best_language,
     language_name,
@@ -158,6 +159,9 @@ def _page_context() -> dict[str, Any]:
         "format_date": lambda day: written(day, language) if day else "",
         "fmt": lambda number: written(number, language),
         "has_text": lambda message_id: template(message_id, language) is not None,
+        "about": lambda about_: about_text(about_, language),
+        "chain_break": lambda found: break_text(found, language),
+        "history_reason": lambda entry: history_reason_text(entry, language),
     }
 
 
