@@ -190,6 +190,10 @@ def verify(session: Session, study_id: int, *,
            after: tuple[int, str] = (0, GENESIS)) -> ChainBreak | None:
     """Recompute one study's chain; the first break, or None when it is intact.
 
+    Give it a session of one snapshot (``Database.snapshot``) when anything may
+    write meanwhile: with a statement per snapshot, rows read before a commit and
+    the head read after it look like rows removed from the end.
+
     ``after`` (seq, hash) starts the check after a row already verified
     (core.audit_checkpoints): the rows after it must link to that hash.
     """

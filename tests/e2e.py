@@ -366,8 +366,11 @@ class Outcome:
 
 
 def read_outcome(db, study: str = STUDY_CODE) -> Outcome:
-    """What the database holds, with the audit chain verified on the way."""
-    with db.sessions() as session:
+    """What the database holds, with the audit chain verified on the way: read in
+    one snapshot, since a server still running (its jobs, a retried request) may
+    commit meanwhile, and rows read before a commit with a chain head read after
+    it look like rows removed from the end."""
+    with db.snapshot() as session:
         study_row = get_study(session, study)
         subjects = {s.subject_number: s for s in session.scalars(select(Subject))}
         site_ids = dict(session.execute(select(Site.code, Site.id).where(
