@@ -8,9 +8,9 @@ The page but its audit state is the same for every reader of the same version
 of the dashboard (``core.dashboard.current``: study, audit head, day, minute,
 role, sites) in the same language; so it is rendered once and remembered per
 application and study under exactly that key (the current version's pages
-only: a newer version drops the older ones; a few dozen at most). Times on it are written in UTC (``local_time`` without a zone), not
-in a zone of the reader's, so the language is all the rendering adds to the
-key. The audit state, read anew by the core on every call, and the frame of
+only: a newer version drops the older ones; a few dozen at most). Times on it
+are written in UTC (``local_time`` without a zone), not in a zone of the
+reader's, so the language is all the rendering adds to the key. The audit state, read anew by the core on every call, and the frame of
 the page (the reader's name, the CSRF tokens) are rendered on every request.
 """
 
